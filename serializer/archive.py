@@ -1,0 +1,87 @@
+"""What a stored TorchScript archive holds, read from its zip index (no torch needed)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import ArchiveError
+from .extras import ExtraFileInfo, sha256_hex
+from .multipart import UploadResult
+from .zipindex import ZipIndex
+
+
+@dataclass(frozen=True)
+class ArchiveInfo:
+    """What was stored: location, size, digests, the zip's format version and its extra files."""
+
+    uri: str
+    size: int
+    sha256: str
+    etag: str
+    format_version: int
+    archive_root: str
+    extra_files: tuple[ExtraFileInfo, ...]
+    version_id: str | None = None
+
+
+def archive_root(index: ZipIndex) -> str:
+    """The zip's top folder (torch puts every record under one)."""
+    if not index.records:
+        raise ArchiveError("archive has no records")
+    return index.records[0].name.split("/", 1)[0]
+
+
+def check_extras(index: ZipIndex, extras: Mapping[str, bytes]) -> None:
+    """Check that every extra file is stored in the zip with the given bytes (size and CRC).
+
+    Raises:
+        ArchiveError: an extra file is missing or differs.
+    """
+    root = archive_root(index)
+    by_name = index.by_name
+    for name, content in extras.items():
+        rec = by_name.get(f"{root}/extra/{name}")
+        if rec is None:
+            raise ArchiveError(f"extra file {name!r} missing from the saved archive")
+        if rec.size != len(content) or rec.crc32 != zlib.crc32(content) or rec.method != 0:
+            raise ArchiveError(f"extra file {name!r} was stored altered (size, CRC or compression)")
+
+
+def format_version(index: ZipIndex) -> int:
+    """The archive's file-format version (``.data/version``, else ``version``)."""
+    root = archive_root(index)
+    for name in (f"{root}/.data/version", f"{root}/version"):
+        raw = index.read_small(name)
+        if raw is not None:
+            try:
+                return int(raw.decode("ascii").strip())
+            except ValueError as exc:
+                raise ArchiveError(f"unreadable format version {raw!r} in {name}") from exc
+    raise ArchiveError("archive has no version record")
+
+
+def describe_archive(result: UploadResult, index: ZipIndex, extras: Mapping[str, bytes]) -> ArchiveInfo:
+    """Combine the upload's result and the zip index into an :class:`ArchiveInfo`."""
+    root = archive_root(index)
+    by_name = index.by_name
+    infos = tuple(
+        ExtraFileInfo(
+            name=name,
+            size=len(content),
+            sha256=sha256_hex(content),
+            offset=by_name[f"{root}/extra/{name}"].data_offset,
+        )
+        for name, content in sorted(extras.items())
+    )
+    return ArchiveInfo(
+        uri=result.uri,
+        size=result.size,
+        sha256=result.sha256,
+        etag=result.etag,
+        format_version=format_version(index),
+        archive_root=root,
+        extra_files=infos,
+        version_id=result.version_id,
+    )

@@ -1,0 +1,236 @@
+"""The manifest: a JSON record stored next to each artifact, written after it is complete.
+
+Its presence means the archive is complete and checked.  It says what was exported, by
+which torch, every extra file with its size, sha256 and offset, and what a consumer needs
+to know before loading (the archive's file-format version).  Serialized as canonical JSON
+(sorted keys, no insignificant space), so two identical exports differ only in
+``created_at``.  ``python -m serializer.manifest`` prints its JSON Schema
+(``schemas/manifest.schema.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import sys
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .archive import ArchiveInfo
+from .errors import InvalidURI, ManifestError
+from .extras import MANIFEST_NAME, ExtraFileInfo
+from .s3uri import parse_s3_uri
+
+#: Version of the manifest's layout; readers refuse versions newer than they know.
+SCHEMA_VERSION = 1
+#: Suffix of an artifact's key, replaced by the manifest's suffix to name the manifest.
+ARTIFACT_SUFFIX = ".pt"
+#: Suffix of a manifest's key: ``model.pt`` -> ``model.manifest.json``.
+MANIFEST_SUFFIX = "." + MANIFEST_NAME
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArtifactEntry(_Model):
+    """The stored archive."""
+
+    uri: str = Field(description="s3:// URI of the archive")
+    size: int = Field(ge=0, description="bytes, as stored")
+    sha256: str = Field(pattern=_SHA256, description="hex sha256 of the bytes as stored")
+    format: Literal["torchscript"] = "torchscript"
+    format_version: int = Field(ge=0, description="the zip's file-format version (its version record)")
+    archive_root: str = Field(description="top folder of the zip's records")
+    etag: str = Field(default="", description="the store's ETag (not a content hash for multipart objects)")
+
+
+class ExtraFileEntry(_Model):
+    """An extra file inside the archive (stored uncompressed, readable by range)."""
+
+    name: str
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=_SHA256)
+    offset: int = Field(ge=0, description="byte offset of the file's data in the archive")
+
+
+class Producer(_Model):
+    """What made the archive; a consumer with an older torch may not load it."""
+
+    torch: str
+    python: str
+    export_worker: str
+    device: str
+    host: str
+
+
+class Verification(_Model):
+    """Outcome of reloading the stored archive and comparing it with the eager module."""
+
+    passed: bool
+    max_abs_diff: float = Field(ge=0)
+    max_rel_diff: float = Field(default=0.0, ge=0)
+    atol: float = Field(ge=0)
+    rtol: float = Field(ge=0)
+
+
+class Manifest(_Model):
+    """The manifest stored next to an artifact."""
+
+    schema_version: int = SCHEMA_VERSION
+    artifact: ArtifactEntry
+    spec: dict[str, Any]
+    spec_hash: str
+    extra_files: list[ExtraFileEntry]
+    producer: Producer
+    created_at: datetime
+    verification: Verification | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        """Canonical JSON: sorted keys, compact, UTF-8."""
+        return canonical_json(self.model_dump(mode="json"))
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Manifest:
+        """Parse and validate a manifest.
+
+        Raises:
+            ManifestError: not JSON, a newer schema version, or fields that do not validate.
+        """
+        try:
+            raw = json.loads(data)
+        except ValueError as exc:
+            raise ManifestError(f"manifest is not JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ManifestError("manifest is not a JSON object")
+        version = raw.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise ManifestError(
+                f"manifest schema_version {version!r} is not one this export-worker reads (up to {SCHEMA_VERSION}); "
+                "upgrade export-worker"
+            )
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ManifestError(f"invalid manifest: {exc}") from exc
+
+
+def canonical_json(value: Any) -> bytes:
+    """``value`` as canonical JSON bytes (sorted keys, compact, UTF-8)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def current_producer(device: str) -> Producer:
+    """This process as a producer: torch, python and export-worker versions, device, host."""
+    import torch
+
+    try:
+        version = metadata.version("export-worker")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    return Producer(
+        torch=torch.__version__,
+        python=platform.python_version(),
+        export_worker=version,
+        device=device,
+        host=socket.gethostname(),
+    )
+
+
+def build_manifest(
+    archive: ArchiveInfo,
+    *,
+    spec: dict[str, Any],
+    spec_hash: str,
+    producer: Producer,
+    verification: Verification | None = None,
+    metadata: dict[str, Any] | None = None,
+    created_at: datetime | None = None,
+) -> Manifest:
+    """The manifest of a stored archive (pure: the clock and producer are passed in)."""
+    return Manifest(
+        artifact=ArtifactEntry(
+            uri=archive.uri,
+            size=archive.size,
+            sha256=archive.sha256,
+            format_version=archive.format_version,
+            archive_root=archive.archive_root,
+            etag=archive.etag,
+        ),
+        spec=spec,
+        spec_hash=spec_hash,
+        extra_files=[_extra_entry(e) for e in archive.extra_files],
+        producer=producer,
+        created_at=created_at or datetime.now(UTC),
+        verification=verification,
+        metadata=metadata or {},
+    )
+
+
+def _extra_entry(info: ExtraFileInfo) -> ExtraFileEntry:
+    return ExtraFileEntry(name=info.name, size=info.size, sha256=info.sha256, offset=info.offset)
+
+
+def manifest_uri_for(artifact_uri: str) -> str:
+    """The manifest's URI for an artifact: ``.../model.pt`` -> ``.../model.manifest.json``.
+
+    Raises:
+        InvalidURI: not an ``s3://`` URI of an object ending in ``.pt``.
+    """
+    uri = parse_s3_uri(artifact_uri)
+    if not uri.key.endswith(ARTIFACT_SUFFIX):
+        raise InvalidURI(f"artifact key must end in {ARTIFACT_SUFFIX!r}: {artifact_uri}")
+    return f"s3://{uri.bucket}/{uri.key[: -len(ARTIFACT_SUFFIX)]}{MANIFEST_SUFFIX}"
+
+
+def write_manifest(client: Any, uri: str, manifest: Manifest, *, if_none_match: bool = False) -> None:
+    """Store ``manifest`` at ``uri`` with one PutObject (small; atomic by nature).
+
+    Raises:
+        ObjectExists: ``if_none_match`` is set and a manifest is already there.
+        UploadFailed: the store refused it.
+    """
+    from .multipart import MultipartWriter
+
+    target = parse_s3_uri(uri)
+    with MultipartWriter(
+        client,
+        target.bucket,
+        target.key,
+        if_none_match=if_none_match,
+        extra_args={"ContentType": "application/json"},
+    ) as writer:
+        writer.write(manifest.to_json())
+
+
+def read_manifest(client: Any, uri: str) -> Manifest:
+    """Fetch and validate the manifest at ``uri`` (a manifest's URI or its artifact's).
+
+    Raises:
+        ManifestError: missing or invalid.
+    """
+    if uri.endswith(ARTIFACT_SUFFIX):
+        uri = manifest_uri_for(uri)
+    target = parse_s3_uri(uri)
+    try:
+        body = client.get_object(Bucket=target.bucket, Key=target.key)["Body"].read()
+    except client.exceptions.NoSuchKey as exc:
+        raise ManifestError(f"no manifest at {uri}") from exc
+    return Manifest.from_json(body)
+
+
+def json_schema() -> dict[str, Any]:
+    """The manifest's JSON Schema."""
+    schema = Manifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+if __name__ == "__main__":
+    sys.stdout.write(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,450 @@
+"""A binary file-like object that streams one S3 object through a bounded multipart upload."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Literal, NoReturn
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ._body import MemoryBody
+from .errors import ObjectExists, UploadFailed
+from .parts import MAX_PARTS, base_part_size, part_size_for
+from .retry import RetryPolicy, error_code, http_status, is_transient
+
+log = logging.getLogger(__name__)
+
+ChecksumAlgorithm = Literal["CRC32", "CRC32C", "SHA256", "CRC64NVME"]
+
+#: Default part size: large enough that 1 GiB is 128 requests, small enough that the
+#: memory bound stays in the tens of MiB (see docs/benchmarks.md).
+DEFAULT_PART_SIZE = 8 * 1024**2
+#: Default parts in flight: saturates a local S3 endpoint on two cores (docs/benchmarks.md).
+DEFAULT_MAX_IN_FLIGHT = 4
+#: Times Complete is retried when the store answers NoSuchUpload (some S3-compatible
+#: stores briefly lose track of fresh upload ids).
+NO_SUCH_UPLOAD_RETRIES = 3
+
+
+class WriterState(Enum):
+    """Where a :class:`MultipartWriter` is in its life."""
+
+    OPEN = "open"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What a committed object looks like: its location, size, digests and version."""
+
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    etag: str
+    parts: int
+    version_id: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+class MultipartWriter:
+    """Write one S3 object as a stream of bytes; it becomes visible only on a clean close.
+
+    Parts upload on a pool of ``max_in_flight`` threads while the producer keeps writing.
+    **Memory bound:** at most ``part_size * (max_in_flight + 1)`` bytes of part buffers are
+    held at once: one part being filled plus ``max_in_flight`` uploading.  A semaphore
+    enforces it: :meth:`write` blocks while ``max_in_flight`` parts are in flight.  (For an
+    object of unknown size past 1,000 parts the part size doubles; the bound then applies
+    to the current part size, see :mod:`serializer.parts`.)
+
+    An object smaller than one part is written with a single PutObject; the multipart
+    upload is only created once a second part is needed, and an empty object is an
+    explicit empty put.  The sha256 of the whole object is computed as bytes pass.
+
+    On any error (inside a ``with`` block, a part that failed after its retries, at
+    Complete), in-flight parts are drained, the upload is aborted (with retries) and the
+    error is raised: :class:`UploadFailed` naming the cause, or :class:`ObjectExists` when
+    ``if_none_match`` is set and the key is taken.  Nothing is visible afterwards.
+
+    Args:
+        client: a boto3 S3 client; size its pool to ``max_in_flight`` (see
+            :func:`serializer.client.make_s3_client`).
+        part_size: bytes per part (clamped to 5 MiB..5 GiB, grown for ``size_hint``).
+        max_in_flight: parts uploading at once, and the thread count.
+        size_hint: expected object size, when known, so that all parts are equal.
+        checksum_algorithm: S3 flexible checksum computed per part and listed in Complete.
+        if_none_match: publish only if the key does not exist yet (``If-None-Match: *``).
+        extra_args: more PutObject / CreateMultipartUpload arguments (``ContentType``,
+            ``Metadata``, ``ServerSideEncryption``...).
+        progress: called with the number of bytes each time a part (or the put) lands.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        size_hint: int | None = None,
+        checksum_algorithm: ChecksumAlgorithm | None = None,
+        if_none_match: bool = False,
+        extra_args: Mapping[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self._client = client
+        self.bucket = bucket
+        self.key = key
+        self._base = base_part_size(part_size, size_hint)
+        self._size_hint = size_hint
+        self._max_in_flight = max_in_flight
+        self._checksum = checksum_algorithm
+        self._if_none_match = if_none_match
+        self._extra = dict(extra_args or {})
+        self._retry = retry or RetryPolicy()
+        self._progress = progress
+        self._sha = hashlib.sha256()
+        self._written = 0
+        self._part_number = 1
+        # A hinted small object gets a small buffer; it grows to a whole part if needed.
+        self._buf = bytearray(self._base if size_hint is None else min(self._base, max(size_hint, 1)))
+        self._fill = 0
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._futures: list[Future[dict[str, Any]]] = []
+        self._failure: BaseException | None = None
+        self._upload_id: str | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.state = WriterState.OPEN
+        self.result: UploadResult | None = None
+        pool = getattr(getattr(getattr(client, "meta", None), "config", None), "max_pool_connections", None)
+        if isinstance(pool, int) and pool < max_in_flight:
+            log.warning(
+                "S3 client pool holds %d connections but %d parts upload at once; "
+                "build the client with max_pool_connections>=%d",
+                pool,
+                max_in_flight,
+                max_in_flight,
+            )
+
+    # -- file-like surface -------------------------------------------------------------
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return self.state is not WriterState.OPEN
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        return self._written
+
+    def flush(self) -> None:
+        """Does nothing: parts are sent when full, since S3 refuses parts under 5 MiB."""
+        self._check_open()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data``; blocks while ``max_in_flight`` parts are uploading.
+
+        Raises:
+            UploadFailed: a part failed after its retries (the upload is aborted first).
+            ValueError: the writer is closed.
+        """
+        self._check_open()
+        view = memoryview(data).cast("B")
+        n = len(view)
+        self._sha.update(view)
+        pos = 0
+        try:
+            while pos < n:
+                if self._fill == len(self._buf):
+                    if len(self._buf) < self._part_size(self._part_number):
+                        self._buf.extend(bytes(self._part_size(self._part_number) - len(self._buf)))
+                    else:
+                        self._ship_part()
+                take = min(len(self._buf) - self._fill, n - pos)
+                self._buf[self._fill : self._fill + take] = view[pos : pos + take]
+                self._fill += take
+                pos += take
+        except BaseException as exc:  # noqa: BLE001 - abort on anything, then re-raise
+            self._abort(exc)
+            self._reraise(exc)
+        self._written += n
+        return n
+
+    def close(self) -> None:
+        """Commit the object (PutObject, or the last part and Complete).  Idempotent.
+
+        Raises:
+            UploadFailed: the object could not be committed; it was aborted.
+            ObjectExists: ``if_none_match`` is set and the key already exists.
+        """
+        if self.state is not WriterState.OPEN:
+            return
+        try:
+            if self._failure is not None:
+                raise self._failure
+            if self._upload_id is None:
+                self.result = self._put_single()
+            else:
+                self._ship_part()
+                self.result = self._complete()
+        except BaseException as exc:  # noqa: BLE001 - abort on anything, then re-raise
+            self._abort(exc)
+            self._reraise(exc)
+        finally:
+            self._shutdown()
+        self.state = WriterState.COMMITTED
+        log.debug("committed s3://%s/%s (%d bytes)", self.bucket, self.key, self._written)
+
+    def abort(self, reason: BaseException | None = None) -> None:
+        """Drop everything written: drain in-flight parts and abort the upload.  Idempotent."""
+        if self.state is WriterState.OPEN:
+            self._abort(reason or RuntimeError("aborted by caller"))
+
+    def __enter__(self) -> MultipartWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None:
+            self.abort(exc)
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        # A writer dropped without close() must not commit a truncated object.
+        if getattr(self, "state", None) is WriterState.OPEN:
+            with contextlib.suppress(Exception):  # best effort, maybe during interpreter teardown
+                self._abort(RuntimeError("writer garbage-collected without close()"))
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of everything written so far."""
+        return self._sha.hexdigest()
+
+    # -- internals ---------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.state is not WriterState.OPEN:
+            raise ValueError(f"I/O operation on {self.state.value} writer for s3://{self.bucket}/{self.key}")
+
+    def _part_size(self, number: int) -> int:
+        return part_size_for(number, self._base, self._size_hint)
+
+    def _ship_part(self) -> None:
+        """Hand the filled buffer to the pool; blocks for a free slot."""
+        if self._failure is not None:
+            raise self._failure
+        if self._upload_id is None:
+            self._create()
+        number = self._part_number
+        if number > MAX_PARTS:
+            raise UploadFailed(f"s3://{self.bucket}/{self.key}: more than {MAX_PARTS} parts; raise the part size")
+        self._slots.acquire()
+        if self._failure is not None:
+            self._slots.release()
+            raise self._failure
+        buf, fill = self._buf, self._fill
+        assert self._executor is not None
+        future = self._executor.submit(self._upload_part, number, buf, fill)
+        future.add_done_callback(self._part_done)
+        self._futures.append(future)
+        self._part_number += 1
+        self._buf = bytearray(self._part_size(self._part_number))
+        self._fill = 0
+
+    def _part_done(self, future: Future[dict[str, Any]]) -> None:
+        # The failure is recorded before the slot is freed, so a producer woken by the
+        # release sees it and sends no further part.
+        exc = future.exception()
+        if exc is not None and self._failure is None:
+            self._failure = exc
+        self._slots.release()
+        if exc is None and self._progress is not None:
+            self._progress(future.result()["_size"])
+
+    def _create(self) -> None:
+        args = dict(self._extra)
+        if self._checksum:
+            args["ChecksumAlgorithm"] = self._checksum
+        resp = self._retry.call(lambda: self._client.create_multipart_upload(Bucket=self.bucket, Key=self.key, **args))
+        # Registered at once: from here on every failure path aborts this id.
+        self._upload_id = resp["UploadId"]
+        self._executor = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix="s3-part")
+        log.debug("created upload %s for s3://%s/%s", self._upload_id, self.bucket, self.key)
+
+    def _upload_part(self, number: int, buf: bytearray, size: int) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if self._checksum:
+            args["ChecksumAlgorithm"] = self._checksum
+
+        def send() -> Any:
+            return self._client.upload_part(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=MemoryBody(memoryview(buf)[:size]),
+                ContentLength=size,
+                **args,
+            )
+
+        try:
+            resp = self._retry.call(send, give_up=lambda: self.state is not WriterState.OPEN)
+        except Exception as exc:
+            raise UploadFailed(f"part {number} of s3://{self.bucket}/{self.key} failed: {_describe(exc)}") from exc
+        part = {"PartNumber": number, "ETag": resp["ETag"], "_size": size}
+        if self._checksum:
+            part[f"Checksum{self._checksum}"] = resp[f"Checksum{self._checksum}"]
+        return part
+
+    def _put_single(self) -> UploadResult:
+        args = dict(self._extra)
+        if self._checksum:
+            args["ChecksumAlgorithm"] = self._checksum
+        if self._if_none_match:
+            args["IfNoneMatch"] = "*"
+        body = memoryview(self._buf)[: self._fill]
+        resp = self._retry.call(
+            lambda: self._client.put_object(
+                Bucket=self.bucket, Key=self.key, Body=MemoryBody(body), ContentLength=len(body), **args
+            ),
+            retry_if=_retry_unless_conflict,
+        )
+        if self._progress is not None:
+            self._progress(len(body))
+        return self._result(resp, parts=0)
+
+    def _complete(self) -> UploadResult:
+        wait(self._futures)
+        if self._failure is not None:
+            raise self._failure
+        parts = [f.result() for f in self._futures]
+        listed = [{k: v for k, v in p.items() if not k.startswith("_")} for p in parts]
+        args: dict[str, Any] = {}
+        if self._if_none_match:
+            args["IfNoneMatch"] = "*"
+        expected_etag = _multipart_etag([p["ETag"] for p in parts])
+
+        def complete() -> Any:
+            return self._client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": listed},
+                **args,
+            )
+
+        for attempt in range(NO_SUCH_UPLOAD_RETRIES + 1):
+            try:
+                resp = self._retry.call(complete, retry_if=_retry_unless_conflict)
+                break
+            except Exception as exc:
+                if error_code(exc) != "NoSuchUpload" or attempt == NO_SUCH_UPLOAD_RETRIES:
+                    raise
+                # A Complete whose reply was lost leaves the object committed and the id
+                # gone: the object's ETag tells whether it is ours.
+                if self._object_etag() == expected_etag:
+                    resp = {"ETag": expected_etag}
+                    break
+                self._retry.sleep(self._retry.delay(attempt))
+        self._upload_id = None
+        return self._result(resp, parts=len(parts))
+
+    def _object_etag(self) -> str | None:
+        try:
+            return str(self._client.head_object(Bucket=self.bucket, Key=self.key)["ETag"])
+        except Exception:  # noqa: BLE001 - absent or unreadable both mean "not ours"
+            return None
+
+    def _result(self, resp: Mapping[str, Any], *, parts: int) -> UploadResult:
+        return UploadResult(
+            bucket=self.bucket,
+            key=self.key,
+            size=self._written,
+            sha256=self._sha.hexdigest(),
+            etag=str(resp.get("ETag", "")),
+            parts=parts,
+            version_id=resp.get("VersionId"),
+        )
+
+    def _abort(self, cause: BaseException) -> None:
+        self.state = WriterState.ABORTED
+        if self._futures:
+            wait(self._futures)
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is not None:
+            try:
+                RetryPolicy(attempts=5, base_delay=self._retry.base_delay, sleep=self._retry.sleep).call(
+                    lambda: self._client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id),
+                    retry_if=lambda e: error_code(e) != "NoSuchUpload",
+                )
+            except Exception as exc:  # noqa: BLE001 - report, keep the original cause
+                if error_code(exc) != "NoSuchUpload":
+                    log.error(
+                        "could not abort upload %s of s3://%s/%s: %s (a lifecycle rule will remove it)",
+                        upload_id,
+                        self.bucket,
+                        self.key,
+                        _describe(exc),
+                    )
+        self._shutdown()
+        log.info("aborted s3://%s/%s after %d bytes: %s", self.bucket, self.key, self._written, _describe(cause))
+
+    def _shutdown(self) -> None:
+        self._buf = bytearray()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _reraise(self, exc: BaseException) -> NoReturn:
+        """Raise ``exc`` as this package's error when it came from S3; anything else (the
+        caller's own errors, interrupts, time limits) keeps its type."""
+        if isinstance(exc, UploadFailed):
+            raise exc
+        if error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict") or http_status(exc) == 412:
+            raise ObjectExists(
+                f"s3://{self.bucket}/{self.key} already exists; another writer published it first "
+                "(conditional publish, If-None-Match: *)"
+            ) from exc
+        if isinstance(exc, (ClientError, BotoCoreError)):
+            raise UploadFailed(f"upload of s3://{self.bucket}/{self.key} aborted: {_describe(exc)}") from exc
+        raise exc
+
+
+def _retry_unless_conflict(exc: BaseException) -> bool:
+    return is_transient(exc) and error_code(exc) != "PreconditionFailed"
+
+
+def _multipart_etag(part_etags: list[str]) -> str:
+    """S3's ETag of a multipart object: md5 of the parts' binary md5s, then ``-N``."""
+    try:
+        digest = hashlib.md5(b"".join(bytes.fromhex(e.strip('"')) for e in part_etags), usedforsecurity=False)
+    except ValueError:
+        return ""
+    return f'"{digest.hexdigest()}-{len(part_etags)}"'
+
+
+def _describe(exc: BaseException) -> str:
+    code = error_code(exc)
+    text = str(exc) or type(exc).__name__
+    return f"{code}: {text}" if code and code not in text else text

@@ -1,0 +1,183 @@
+"""Index a zip archive from its bytes as they stream past, in one pass and bounded memory.
+
+TorchScript archives are zips whose local headers carry zero sizes (the sizes follow each
+record in a data descriptor), so record boundaries are only known from the central
+directory at the very end.  :class:`ZipStreamIndexer` therefore keeps two small things as
+bytes pass: the last ``tail_limit`` bytes (where the central directory and the small
+``version`` records live) and the position, name length and extra length of every local
+file header it sees.  After the last byte, the central directory gives each record's
+header offset and the local header gives where its data starts.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .errors import ArchiveError
+
+_LOCAL_SIG = b"PK\x03\x04"
+_CENTRAL_SIG = b"PK\x01\x02"
+_EOCD_SIG = b"PK\x05\x06"
+_ZIP64_LOCATOR_SIG = b"PK\x06\x07"
+_ZIP64_EOCD_SIG = b"PK\x06\x06"
+_LOCAL_LEN = 30
+_CENTRAL_LEN = 46
+_EOCD_LEN = 22
+#: Longest name / extra field a local header may carry for us to record it; longer ones
+#: only occur as false matches inside record data.
+_MAX_FIELD = 4096
+_HEADER_WINDOW = _LOCAL_LEN + 2 * _MAX_FIELD
+#: Default tail kept: the central directory needs ~100 bytes a record, so 16 MiB indexes
+#: archives of ~150,000 records (a model of 10,000 tensors needs ~1 MiB).
+DEFAULT_TAIL_LIMIT = 16 * 1024**2
+
+
+@dataclass(frozen=True)
+class ZipRecord:
+    """One record of the archive: where its header and data are, and its sizes."""
+
+    name: str
+    header_offset: int
+    data_offset: int
+    compressed_size: int
+    size: int
+    crc32: int
+    method: int
+
+
+#: Stored records up to this size that lie in the tail are kept whole (``version``,
+#: ``byteorder``, ``.data/serialization_id``), so they can be read without the archive.
+SMALL_RECORD = 256
+
+
+@dataclass(frozen=True)
+class ZipIndex:
+    """The records of a streamed archive, and the contents of its small tail records."""
+
+    records: tuple[ZipRecord, ...]
+    small: dict[str, bytes]
+    total: int
+
+    @property
+    def by_name(self) -> dict[str, ZipRecord]:
+        return {r.name: r for r in self.records}
+
+    def read_small(self, name: str) -> bytes | None:
+        """The bytes of small stored record ``name`` if the tail held it, else None."""
+        return self.small.get(name)
+
+
+class ZipStreamIndexer:
+    """Feed it every byte of a zip, in order, then call :meth:`finish`."""
+
+    def __init__(self, tail_limit: int = DEFAULT_TAIL_LIMIT) -> None:
+        self._tail_limit = max(tail_limit, _HEADER_WINDOW)
+        self._tail = bytearray()
+        self._offset = 0
+        self._headers: dict[int, tuple[bytes, int]] = {}
+
+    @property
+    def offset(self) -> int:
+        """Bytes fed so far."""
+        return self._offset
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes of the archive."""
+        if not data:
+            return
+        # Headers that straddle the previous chunk's end: search the seam.
+        carry = bytes(self._tail[-_HEADER_WINDOW:])
+        seam = carry + data[:_HEADER_WINDOW]
+        self._scan(seam, self._offset - len(carry), limit=len(carry))
+        self._scan(data, self._offset, limit=len(data))
+        self._offset += len(data)
+        if len(data) >= self._tail_limit:
+            self._tail = bytearray(data[-self._tail_limit :])
+        else:
+            self._tail += data
+            if len(self._tail) > 2 * self._tail_limit:
+                del self._tail[: len(self._tail) - self._tail_limit]
+
+    def _scan(self, buf: bytes, base: int, *, limit: int) -> None:
+        """Record local headers that start in ``buf[:limit]`` and are complete in ``buf``."""
+        pos = buf.find(_LOCAL_SIG)
+        while 0 <= pos < limit:
+            if pos + _LOCAL_LEN <= len(buf):
+                name_len, extra_len = struct.unpack_from("<HH", buf, pos + 26)
+                end = pos + _LOCAL_LEN + name_len
+                if name_len <= _MAX_FIELD and extra_len <= _MAX_FIELD and end <= len(buf):
+                    self._headers[base + pos] = (buf[pos + _LOCAL_LEN : end], extra_len)
+            pos = buf.find(_LOCAL_SIG, pos + 1)
+
+    def finish(self) -> ZipIndex:
+        """Parse the central directory from the kept tail.
+
+        Raises:
+            ArchiveError: not a zip, or a central directory larger than the kept tail.
+        """
+        tail = bytes(self._tail[-self._tail_limit :])
+        tail_start = self._offset - len(tail)
+        eocd = tail.rfind(_EOCD_SIG, max(0, len(tail) - _EOCD_LEN - 65535))
+        if eocd < 0 or eocd + _EOCD_LEN > len(tail):
+            raise ArchiveError("not a zip archive: no end-of-central-directory record")
+        count, cd_size, cd_offset = struct.unpack_from("<HII", tail, eocd + 10)
+        if 0xFFFFFFFF in (cd_size, cd_offset) or count == 0xFFFF:
+            count, cd_size, cd_offset = _zip64_eocd(tail, eocd, tail_start)
+        if cd_offset < tail_start:
+            raise ArchiveError(
+                f"central directory of {cd_size} bytes is larger than the {self._tail_limit}-byte tail kept; "
+                "raise tail_limit"
+            )
+        pos = cd_offset - tail_start
+        records = []
+        for _ in range(count):
+            if tail[pos : pos + 4] != _CENTRAL_SIG:
+                raise ArchiveError(f"corrupt central directory at offset {pos + tail_start}")
+            (method, crc, csize, usize, nlen, elen, clen) = struct.unpack_from("<10xH4xIIIHHH", tail, pos)
+            (header_offset,) = struct.unpack_from("<I", tail, pos + 42)
+            name_bytes = tail[pos + _CENTRAL_LEN : pos + _CENTRAL_LEN + nlen]
+            extra = tail[pos + _CENTRAL_LEN + nlen : pos + _CENTRAL_LEN + nlen + elen]
+            usize, csize, header_offset = _apply_zip64(extra, usize, csize, header_offset)
+            local = self._headers.get(header_offset)
+            if local is None or local[0] != name_bytes:
+                raise ArchiveError(f"local header of {name_bytes!r} not seen at offset {header_offset}")
+            data_offset = header_offset + _LOCAL_LEN + len(name_bytes) + local[1]
+            records.append(ZipRecord(name_bytes.decode("utf-8"), header_offset, data_offset, csize, usize, crc, method))
+            pos += _CENTRAL_LEN + nlen + elen + clen
+        small = {
+            r.name: tail[r.data_offset - tail_start : r.data_offset - tail_start + r.size]
+            for r in records
+            if r.method == 0 and r.size <= SMALL_RECORD and r.data_offset >= tail_start
+        }
+        return ZipIndex(tuple(records), small, self._offset)
+
+
+def _zip64_eocd(tail: bytes, eocd: int, tail_start: int) -> tuple[int, int, int]:
+    loc = eocd - 20
+    if loc < 0 or tail[loc : loc + 4] != _ZIP64_LOCATOR_SIG:
+        raise ArchiveError("zip64 archive without a zip64 end-of-central-directory locator")
+    (record_offset,) = struct.unpack_from("<Q", tail, loc + 8)
+    rec = record_offset - tail_start
+    if rec < 0 or tail[rec : rec + 4] != _ZIP64_EOCD_SIG:
+        raise ArchiveError("zip64 end-of-central-directory record not found")
+    count, cd_size, cd_offset = struct.unpack_from("<QQQ", tail, rec + 32)
+    return count, cd_size, cd_offset
+
+
+def _apply_zip64(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
+    """Replace 0xFFFFFFFF fields with the values of the zip64 extra field (id 0x0001)."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, size = struct.unpack_from("<HH", extra, pos)
+        if tag == 1:
+            vals = iter(struct.unpack_from(f"<{size // 8}Q", extra, pos + 4))
+            if usize == 0xFFFFFFFF:
+                usize = next(vals)
+            if csize == 0xFFFFFFFF:
+                csize = next(vals)
+            if offset == 0xFFFFFFFF:
+                offset = next(vals)
+            break
+        pos += 4 + size
+    return usize, csize, offset

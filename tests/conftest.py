@@ -1,0 +1,55 @@
+"""Shared fixtures: a real moto S3 server over HTTP, in-process moto, and S3 clients."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# The tests pick their endpoints themselves; an endpoint from the caller's shell must not leak in.
+os.environ.pop("AWS_ENDPOINT_URL", None)
+os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """URL of a moto S3 server on a free loopback port, shared by the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture()
+def s3(moto_endpoint: str) -> Any:
+    """A client of the moto server, pool sized for the writers in the tests."""
+    from serializer.client import make_s3_client
+
+    return make_s3_client(endpoint_url=moto_endpoint, max_pool_connections=8)
+
+
+@pytest.fixture()
+def bucket(s3: Any) -> str:
+    """A fresh, empty bucket on the moto server."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def open_uploads(client: Any, bucket: str) -> list[dict[str, Any]]:
+    """Multipart uploads still open in ``bucket``."""
+    return list(client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+
+def object_keys(client: Any, bucket: str) -> list[str]:
+    """Every key in ``bucket``."""
+    return [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
