@@ -10,6 +10,7 @@ to know before loading (the archive's file-format version).  Serialized as canon
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import socket
@@ -124,6 +125,11 @@ class Manifest(_Model):
 def canonical_json(value: Any) -> bytes:
     """``value`` as canonical JSON bytes (sorted keys, compact, UTF-8)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    """Hex sha256 of a spec's canonical JSON: equal specs, equal digests."""
+    return hashlib.sha256(canonical_json(spec)).hexdigest()
 
 
 def current_producer(device: str) -> Producer:

@@ -53,3 +53,17 @@ def open_uploads(client: Any, bucket: str) -> list[dict[str, Any]]:
 def object_keys(client: Any, bucket: str) -> list[str]:
     """Every key in ``bucket``."""
     return [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+
+@pytest.fixture(scope="session")
+def moto_process_endpoint() -> Iterator[str]:
+    """URL of a moto S3 server in its own process.
+
+    The ``fifo`` export path blocks its process's interpreter for the whole save, so the
+    store it uploads to must not live in the test process.
+    """
+    from worker.local_services import moto_server
+
+    with moto_server() as url:
+        yield url

@@ -1,0 +1,112 @@
+"""Loading a stored archive back, checked against its digest, and comparing outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from .errors import ArchiveError
+from .s3uri import parse_s3_uri
+from .torchscript import quiet_torchscript_deprecation
+
+#: Bytes read per chunk when downloading an archive.
+DOWNLOAD_CHUNK = 1024**2
+
+
+def download_checked(client: Any, uri: str, path: str, *, sha256: str | None = None, size: int | None = None) -> None:
+    """Stream the object at ``uri`` to ``path``, checking its size and sha256 as it arrives.
+
+    Raises:
+        ArchiveError: the bytes differ from what was expected.
+    """
+    target = parse_s3_uri(uri)
+    digest = hashlib.sha256()
+    got = 0
+    body = client.get_object(Bucket=target.bucket, Key=target.key)["Body"]
+    with open(path, "wb") as out:
+        for chunk in body.iter_chunks(DOWNLOAD_CHUNK):
+            digest.update(chunk)
+            got += len(chunk)
+            out.write(chunk)
+    if size is not None and got != size:
+        raise ArchiveError(f"{uri}: {got} bytes stored, {size} expected")
+    if sha256 is not None and digest.hexdigest() != sha256:
+        raise ArchiveError(f"{uri}: sha256 {digest.hexdigest()} differs from the expected {sha256}")
+
+
+def load_artifact(
+    client: Any,
+    uri: str,
+    *,
+    map_location: str | torch.device | None = "cpu",
+    extra_names: Iterable[str] = (),
+    sha256: str | None = None,
+    size: int | None = None,
+    spool_dir: str | None = None,
+) -> tuple[torch.jit.ScriptModule, dict[str, bytes]]:
+    """Download (to a temporary file, not memory), check and ``torch.jit.load`` an archive.
+
+    ``torch.jit.load`` puts every module on the CPU unless ``map_location`` says otherwise,
+    whatever device it was saved from.
+
+    Returns:
+        The module and the requested extra files' bytes.
+
+    Raises:
+        ArchiveError: digest mismatch, or torch could not load it.
+    """
+    with tempfile.TemporaryDirectory(prefix="export-worker-load-", dir=spool_dir) as tmp:
+        path = os.path.join(tmp, "archive.pt")
+        download_checked(client, uri, path, sha256=sha256, size=size)
+        extras: dict[str, Any] = dict.fromkeys(extra_names, "")
+        try:
+            with quiet_torchscript_deprecation():
+                module = torch.jit.load(path, map_location=map_location, _extra_files=extras)  # type: ignore[no-untyped-call]
+        except RuntimeError as exc:
+            raise ArchiveError(f"torch.jit.load of {uri} failed: {exc}") from exc
+    return module, {k: v if isinstance(v, bytes) else str(v).encode() for k, v in extras.items()}
+
+
+def flatten_outputs(value: Any) -> list[torch.Tensor]:
+    """The tensors of a model output (a tensor, or nested tuples, lists and dicts of them)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        return [t for k in sorted(value) for t in flatten_outputs(value[k])]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in flatten_outputs(v)]
+    if isinstance(value, int | float | bool):
+        return [torch.tensor(value)]
+    raise ArchiveError(f"cannot compare outputs of type {type(value).__name__}")
+
+
+def compare_outputs(expected: Any, actual: Any, *, atol: float, rtol: float) -> tuple[bool, float, float]:
+    """Compare two model outputs elementwise, as ``torch.allclose`` does.
+
+    Returns:
+        ``(passed, max_abs_diff, max_rel_diff)``; shapes or dtypes that differ fail with
+        an infinite difference.
+    """
+    exp, act = flatten_outputs(expected), flatten_outputs(actual)
+    if len(exp) != len(act):
+        return False, math.inf, math.inf
+    passed, max_abs, max_rel = True, 0.0, 0.0
+    for want, got in zip(exp, act, strict=True):
+        e, a = want.detach().cpu(), got.detach().cpu()
+        if e.shape != a.shape or e.dtype != a.dtype:
+            return False, math.inf, math.inf
+        if e.numel() == 0:
+            continue
+        if not (e.is_floating_point() or e.is_complex()):
+            e, a = e.double(), a.double()
+        diff = (e - a).abs()
+        max_abs = max(max_abs, float(diff.max()))
+        max_rel = max(max_rel, float((diff / e.abs().clamp_min(1e-12)).max()))
+        passed = passed and bool(torch.allclose(a, e, atol=atol, rtol=rtol, equal_nan=True))
+    return passed, max_abs, max_rel
