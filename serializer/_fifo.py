@@ -11,6 +11,7 @@ reader thread here would never run.  Protocol, one JSON object per line:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -87,7 +88,8 @@ def save_through_fifo(
             os.close(hold)
         reply = _receive(child, FINISH_TIMEOUT, keep_error=saved is not None)
         if saved is not None:
-            _send(child.stdin, {"commit": False})
+            with contextlib.suppress(UploadFailed):  # the uploader may have reported and exited
+                _send(child.stdin, {"commit": False})
             cause = f"; uploader: {reply['error']}" if "error" in reply else ""
             raise ArchiveError(f"{saved}{cause}") from saved
         index = _index_from_json(reply["index"])
@@ -103,7 +105,8 @@ def save_through_fifo(
         if child.poll() is None:
             child.kill()
         child.wait()
-        child.stdin.close()
+        with contextlib.suppress(OSError):  # unsent bytes to an exited child: a broken pipe
+            child.stdin.close()
         child.stdout.close()
 
 
@@ -123,8 +126,11 @@ def _child_env(client: Any) -> dict[str, str]:
 
 
 def _send(stream: IO[str], message: Mapping[str, Any]) -> None:
-    stream.write(json.dumps(message) + "\n")
-    stream.flush()
+    try:
+        stream.write(json.dumps(message) + "\n")
+        stream.flush()
+    except BrokenPipeError as exc:
+        raise UploadFailed("uploader process exited early") from exc
 
 
 def _receive(child: subprocess.Popen[str], timeout: float, *, keep_error: bool = False) -> dict[str, Any]:

@@ -54,25 +54,29 @@ def main() -> int:
         extra_args=config["extra_args"],
     )
     _say({"ready": True})
-    try:
-        if not json.loads(sys.stdin.readline() or "{}").get("go"):
-            writer.abort()
-            return 1
-        os.set_blocking(fd, True)
-        indexer = ZipStreamIndexer()
-        with os.fdopen(fd, "rb", buffering=0) as pipe:
+    if not json.loads(sys.stdin.readline() or "{}").get("go"):
+        writer.abort()
+        return 1
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb", buffering=0) as pipe:
+        try:
+            indexer = ZipStreamIndexer()
             while chunk := pipe.read(READ_CHUNK):
                 indexer.feed(chunk)
                 writer.write(chunk)
-        _say({"index": index_to_json(indexer.finish())})
-        if not json.loads(sys.stdin.readline() or "{}").get("commit"):
-            writer.abort()
+            _say({"index": index_to_json(indexer.finish())})
+            if not json.loads(sys.stdin.readline() or "{}").get("commit"):
+                writer.abort()
+                return 1
+            writer.close()
+        except Exception as exc:  # noqa: BLE001 - every failure is reported to the parent
+            writer.abort(exc)
+            # Read the rest of the save before reporting: torch aborts the whole saving
+            # process (std::terminate) when its pipe closes under it mid-save.
+            while pipe.read(READ_CHUNK):
+                pass
+            _say({"error": str(exc), "kind": type(exc).__name__ if isinstance(exc, ObjectExists) else "UploadFailed"})
             return 1
-        writer.close()
-    except Exception as exc:  # noqa: BLE001 - every failure is reported to the parent
-        writer.abort(exc)
-        _say({"error": str(exc), "kind": type(exc).__name__ if isinstance(exc, ObjectExists) else "UploadFailed"})
-        return 1
     assert writer.result is not None
     _say({"result": asdict(writer.result)})
     return 0

@@ -66,13 +66,17 @@ def normalize_extra_files(files: Mapping[str, bytes | str] | None) -> dict[str, 
     """Validate every name and turn text contents into UTF-8 bytes.
 
     Raises:
-        InvalidExtraFile: a bad name or contents that are neither bytes nor text.
+        InvalidExtraFile: a bad name, contents that are neither bytes nor text, or text
+            that is not valid Unicode (lone surrogates).
     """
     out: dict[str, bytes] = {}
     for name, content in (files or {}).items():
         validate_extra_name(name)
         if isinstance(content, str):
-            out[name] = content.encode("utf-8")
+            try:
+                out[name] = content.encode("utf-8")
+            except UnicodeEncodeError as exc:  # lone surrogates, e.g. from a JSON "\ud800" escape
+                raise InvalidExtraFile(f"extra file {name!r}: text is not valid Unicode ({exc.reason})") from exc
         elif isinstance(content, bytes | bytearray | memoryview):
             out[name] = bytes(content)
         else:
@@ -87,9 +91,15 @@ def decode_base64(name: str, text: str) -> bytes:
         InvalidExtraFile: the text is not valid base64.
     """
     try:
-        return base64.b64decode(text, validate=True)
+        data = base64.b64decode(text, validate=True)
     except ValueError as exc:
         raise InvalidExtraFile(f"extra file {name!r}: invalid base64 ({exc})") from exc
+    # b64decode(validate=True) still takes surplus padding ("YWJj=") and non-zero trailing
+    # bits ("YR=="); only the canonical encoding of the bytes is accepted.
+    canonical = base64.b64encode(data)
+    if canonical != (text.encode("ascii") if isinstance(text, str) else bytes(text)):
+        raise InvalidExtraFile(f"extra file {name!r}: invalid base64 (not canonical: wrong padding or trailing bits)")
+    return data
 
 
 def sha256_hex(data: bytes) -> str:

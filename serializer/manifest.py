@@ -19,11 +19,13 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any, Literal
 
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .archive import ArchiveInfo
 from .errors import InvalidURI, ManifestError
 from .extras import MANIFEST_NAME, ExtraFileInfo
+from .retry import error_code
 from .s3uri import parse_s3_uri
 
 #: Version of the manifest's layout; readers refuse versions newer than they know.
@@ -111,7 +113,9 @@ class Manifest(_Model):
         if not isinstance(raw, dict):
             raise ManifestError("manifest is not a JSON object")
         version = raw.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
+        if type(version) is not int or version < 1:  # a bool is not a version either
+            raise ManifestError(f"manifest schema_version must be a positive integer, got {version!r}")
+        if version > SCHEMA_VERSION:
             raise ManifestError(
                 f"manifest schema_version {version!r} is not one this export-worker reads (up to {SCHEMA_VERSION}); "
                 "upgrade export-worker"
@@ -226,8 +230,11 @@ def read_manifest(client: Any, uri: str) -> Manifest:
     target = parse_s3_uri(uri)
     try:
         body = client.get_object(Bucket=target.bucket, Key=target.key)["Body"].read()
-    except client.exceptions.NoSuchKey as exc:
-        raise ManifestError(f"no manifest at {uri}") from exc
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in ("NoSuchKey", "NoSuchBucket", "404"):
+            raise ManifestError(f"no manifest at {uri} ({code})") from exc
+        raise ManifestError(f"cannot read manifest {uri}: {code or exc}") from exc
     return Manifest.from_json(body)
 
 

@@ -72,16 +72,20 @@ def quiet_torchscript_deprecation() -> Iterator[None]:
         yield
 
 
+def _check_scripted(module: object) -> None:
+    if not isinstance(module, torch.jit.ScriptModule):
+        raise ArchiveError(
+            f"expected a ScriptModule (torch.jit.script or torch.jit.trace), got {type(module).__name__}"
+        )
+
+
 def save_archive(module: torch.jit.ScriptModule, path: str, extra_files: Mapping[str, bytes]) -> None:
     """``torch.jit.save`` to a path (records stream out; nothing is built in memory).
 
     Raises:
         ArchiveError: torch could not save the module.
     """
-    if not isinstance(module, torch.jit.ScriptModule):
-        raise ArchiveError(
-            f"expected a ScriptModule (torch.jit.script or torch.jit.trace), got {type(module).__name__}"
-        )
+    _check_scripted(module)
     try:
         with quiet_torchscript_deprecation():
             torch.jit.save(module, path, _extra_files=dict(extra_files))
@@ -120,6 +124,7 @@ def export_torchscript(
     """
     target = parse_s3_uri(uri)
     extras = normalize_extra_files(extra_files)
+    _check_scripted(module)
     opts = options or UploadOptions()
     with tempfile.TemporaryDirectory(prefix="export-worker-", dir=spool_dir) as tmp:
         path = os.path.join(tmp, ARCHIVE_FILE)

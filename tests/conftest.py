@@ -55,7 +55,6 @@ def object_keys(client: Any, bucket: str) -> list[str]:
     return [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
-
 @pytest.fixture(scope="session")
 def moto_process_endpoint() -> Iterator[str]:
     """URL of a moto S3 server in its own process.

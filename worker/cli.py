@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.json import JSON
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
@@ -44,8 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "show":
             return _show(args)
-    except (SerializerError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (SerializerError, ValueError, BotoCoreError, ClientError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 1
     except KeyboardInterrupt:
         return 130

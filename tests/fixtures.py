@@ -1,0 +1,108 @@
+"""Small models and helpers for tests that save, export and reload TorchScript archives.
+
+Everything here is deterministic: parameters come from seeded generators, so two modules
+built with the same arguments hold the same values.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from serializer.torchscript import quiet_torchscript_deprecation
+
+#: Every byte value once, in order: extra-file contents that text handling would damage.
+ALL_BYTES = bytes(range(256))
+#: float32 parameters: bytes per element.
+_FLOAT_BYTES = 4
+
+
+def scripted(module: nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.script(module)`` with torch's TorchScript deprecation warning silenced."""
+    with quiet_torchscript_deprecation():
+        return torch.jit.script(module)
+
+
+def load_archive(data: bytes, extra_names: Iterable[str] = ()) -> tuple[torch.jit.ScriptModule, dict[str, bytes]]:
+    """Load a TorchScript archive from bytes; returns the module and the named extra files as bytes."""
+    extra: dict[str, bytes | str] = dict.fromkeys(extra_names, "")
+    with quiet_torchscript_deprecation():
+        module = torch.jit.load(io.BytesIO(data), _extra_files=extra)  # type: ignore[no-untyped-call]
+    return module, {k: v.encode() if isinstance(v, str) else bytes(v) for k, v in extra.items()}
+
+
+def randbytes(size: int, seed: int = 0) -> bytes:
+    """``size`` reproducible pseudo-random bytes."""
+    return random.Random(seed).randbytes(size)
+
+
+class TinyLinear(nn.Module):
+    """One ``Linear(in_features, out_features)`` layer: the smallest useful model."""
+
+    def __init__(self, in_features: int = 4, out_features: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(out_features, in_features, generator=generator))
+            self.linear.bias.copy_(torch.randn(out_features, generator=generator))
+        self.in_features = in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.linear(x))
+
+    def example_input(self, batch: int = 2, seed: int = 1) -> torch.Tensor:
+        """A batch of inputs of the right width."""
+        return torch.randn(batch, self.in_features, generator=torch.Generator().manual_seed(seed))
+
+
+class _Scale(nn.Module):
+    """Multiplies its input by the mean of one flat parameter."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.mean()
+
+
+class ParamBlob(nn.Module):
+    """A model whose float32 parameters add up to about ``total_bytes``, split over ``n_params``.
+
+    Use it for archives of a chosen size (multipart uploads, memory bounds); its forward
+    takes a tensor of any shape and touches every parameter.
+    """
+
+    def __init__(self, total_bytes: int, n_params: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        numel = max(total_bytes // _FLOAT_BYTES, n_params)
+        sizes = [numel // n_params] * n_params
+        sizes[-1] += numel % n_params
+        generator = torch.Generator().manual_seed(seed)
+        self.blocks = nn.ModuleList(_Scale(torch.randn(n, generator=generator)) for n in sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def param_bytes(module: nn.Module) -> int:
+    """Bytes of parameter data held by ``module``."""
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+class RepeatInt(nn.Module):
+    """A module whose forward takes a Python ``int`` rather than a tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = nn.Parameter(torch.arange(4, dtype=torch.float32))
+
+    def forward(self, n: int) -> torch.Tensor:
+        return self.base.repeat(n) * n
