@@ -62,6 +62,23 @@ class Settings(BaseSettings):
     conditional_publish: bool = Field(
         default=True, description="publish with If-None-Match: * so a second writer cannot overwrite"
     )
+    verify_mismatch: Literal["fail", "record"] = Field(
+        default="fail", description="a verification mismatch fails the job (and removes the archive), or is recorded"
+    )
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="torch threads per worker process; default: cores / concurrency"
+    )
+    max_tasks_per_child: int | None = Field(
+        default=100, ge=1, description="recycle a worker process after this many jobs"
+    )
+    max_memory_per_child: int | None = Field(
+        default=None, ge=1, description="recycle a worker process above this resident memory, in KiB"
+    )
+    task_max_retries: int = Field(default=5, ge=0, description="retries of a job after transient S3 or broker errors")
+    result_expires: int = Field(default=7 * 86400, ge=60, description="seconds results are kept in the backend")
+    pool_start_method: Literal["fork", "spawn", "forkserver"] = Field(
+        default="fork", description="how pool processes start; spawn on GPU hosts that touch CUDA early"
+    )
     soft_time_limit: int = Field(default=3300, ge=1, description="seconds; the export aborts its upload cleanly")
     time_limit: int = Field(default=3600, ge=1, description="seconds; the worker process is killed")
     visibility_timeout: int = Field(

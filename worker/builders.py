@@ -1,0 +1,153 @@
+"""Building the module a spec names: allow-list, import, weights, device, example inputs, scripting."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from botocore.exceptions import ClientError
+
+from serializer.retry import error_code
+from serializer.s3uri import parse_s3_uri
+from serializer.torchscript import quiet_torchscript_deprecation
+
+from .errors import BuilderNotAllowed, BuildFailed, DeviceUnavailable, ScriptingFailed
+from .spec import INT_DTYPES, ExportSpec, TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+def check_allowed(builder: str, allowed: Sequence[str]) -> str:
+    """Return the builder's module name if it lies under an allowed prefix.
+
+    A prefix allows the module itself and its submodules (``acme.models`` allows
+    ``acme.models`` and ``acme.models.vision``, not ``acme.models_old``).
+
+    Raises:
+        BuilderNotAllowed: outside every prefix; nothing has been imported.
+    """
+    module = builder.partition(":")[0]
+    for entry in allowed:
+        prefix = entry.strip().rstrip(".")
+        if prefix and (module == prefix or module.startswith(prefix + ".")):
+            return module
+    raise BuilderNotAllowed(
+        f"builder {builder!r} is not under EXPORT_ALLOWED_BUILDERS ({', '.join(allowed) or 'empty'}); "
+        "add its package to the setting on the workers"
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a spec's ``device``.
+
+    Raises:
+        DeviceUnavailable: CUDA asked for on a worker without it (or without that index).
+    """
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(f"device {name!r} asked for, but this worker has no CUDA")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailable(f"device {name!r} asked for, but this worker has {torch.cuda.device_count()} GPUs")
+    return device
+
+
+def build_module(spec: ExportSpec, allowed: Sequence[str], device: torch.device) -> torch.nn.Module:
+    """Import the builder (after the allow-list check), call it with ``kwargs``, return the module.
+
+    Raises:
+        BuilderNotAllowed, BuildFailed.
+    """
+    module_name = check_allowed(spec.builder, allowed)
+    attr = spec.builder.partition(":")[2]
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise BuildFailed(f"cannot import builder {spec.builder!r}: {exc}") from exc
+    try:
+        module = factory(**spec.kwargs)
+    except Exception as exc:
+        raise BuildFailed(f"builder {spec.builder!r} failed with kwargs {spec.kwargs}: {exc!r}") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise BuildFailed(f"builder {spec.builder!r} returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def load_weights(module: torch.nn.Module, client: Any, uri: str, spool_dir: str | None = None) -> None:
+    """Load a state_dict from S3 into ``module`` with ``torch.load(weights_only=True)``.
+
+    The checkpoint goes to a temporary file (memory-mapped by torch, not read into memory),
+    and ``weights_only=True`` refuses any pickle that would run code.
+
+    Raises:
+        BuildFailed: missing object, not a state_dict, a pickle that is not plain weights,
+            or keys and shapes that do not match the module.
+    """
+    target = parse_s3_uri(uri)
+    with tempfile.TemporaryDirectory(prefix="export-worker-weights-", dir=spool_dir) as tmp:
+        path = os.path.join(tmp, "weights.pt")
+        try:
+            client.download_file(target.bucket, target.key, path)
+        except ClientError as exc:
+            code = error_code(exc)
+            if code in ("404", "NoSuchKey", "NoSuchBucket", "403", "AccessDenied"):
+                raise BuildFailed(f"weights {uri} cannot be read ({code})") from exc
+            raise
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:
+            raise BuildFailed(
+                f"weights {uri} are not a plain state_dict (weights_only=True refused it): {exc}"
+            ) from exc
+        if not isinstance(state, dict):
+            raise BuildFailed(f"weights {uri} hold a {type(state).__name__}, not a state_dict")
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as exc:
+            raise BuildFailed(f"weights {uri} do not fit the module: {exc}") from exc
+
+
+def example_inputs(specs: Sequence[TensorSpec], seed: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Tensors for the spec's example inputs: given values, or synthesized from a seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for item in specs:
+        dtype = getattr(torch, item.dtype)
+        if item.value is not None:
+            try:
+                tensor = torch.tensor(item.value, dtype=dtype)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise BuildFailed(f"example input value is not a {item.dtype} tensor: {exc}") from exc
+        elif item.dtype in INT_DTYPES:
+            info = torch.iinfo(dtype)
+            low = int(item.low) if item.low is not None else max(info.min, 0)
+            high = int(item.high) if item.high is not None else min(info.max, 100)
+            tensor = torch.randint(low, high, tuple(item.shape or ()), generator=gen, dtype=dtype)
+        elif item.dtype == "bool":
+            tensor = torch.randint(0, 2, tuple(item.shape or ()), generator=gen).bool()
+        else:
+            tensor = torch.randn(tuple(item.shape or ()), generator=gen, dtype=torch.float32).to(dtype)
+        out.append(tensor.to(device))
+    return tuple(out)
+
+
+def to_torchscript(module: torch.nn.Module, method: str, inputs: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
+    """Script (or trace with ``inputs``) an eval-mode module.
+
+    Raises:
+        ScriptingFailed: with TorchScript's own message.
+    """
+    try:
+        with quiet_torchscript_deprecation():
+            if method == "trace":
+                traced = torch.jit.trace(module, inputs, check_trace=False)  # type: ignore[no-untyped-call]
+                assert isinstance(traced, torch.jit.ScriptModule)
+                return traced
+            return torch.jit.script(module)
+    except Exception as exc:
+        raise ScriptingFailed(f"torch.jit.{method} failed: {exc}") from exc

@@ -1,0 +1,98 @@
+"""The Celery app: ``celery -A worker worker`` and ``celery -A worker beat`` find it here.
+
+Configured from :class:`~worker.settings.Settings`, read once when the app is created.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Queue  # type: ignore[attr-defined]
+
+from .settings import Settings
+
+#: Queue names; a spec's ``device`` picks one (see :func:`route_task`).
+CPU_QUEUE = "cpu"
+GPU_QUEUE = "gpu"
+
+
+def cuda_available() -> bool:
+    """Whether this host has CUDA, asked through NVML so no CUDA context is created in the
+    parent (forked pool children could not use one)."""
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> dict[str, str] | None:
+    """Route ``export_model`` by its spec's device: ``cuda*`` to ``gpu``, else ``cpu``."""
+    if name != "worker.tasks.export_model":
+        return None
+    spec = (args or [None])[0] if args else (kwargs or {}).get("spec")
+    device = spec.get("device", "cpu") if isinstance(spec, dict) else "cpu"
+    return {"queue": GPU_QUEUE if str(device).startswith("cuda") else CPU_QUEUE}
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A Celery app configured from ``settings`` (read from the environment when omitted)."""
+    settings = settings or Settings()
+    app = Celery("worker", broker=settings.broker_url, backend=settings.backend_url, include=["worker.tasks"])
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        "health_check_interval": 25,
+        "socket_timeout": 30,
+        "socket_connect_timeout": 10,
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
+    }
+    queues = [Queue(CPU_QUEUE)] + ([Queue(GPU_QUEUE)] if cuda_available() else [])
+    app.conf.update(
+        accept_content=["json"],
+        task_serializer="json",
+        result_serializer="json",
+        result_accept_content=["json"],
+        task_acks_late=True,
+        # A job whose pool process died is retried, at most task_max_retries times.
+        task_retry_on_worker_lost=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.soft_time_limit,
+        task_time_limit=settings.time_limit,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        result_expires=settings.result_expires,
+        result_extended=True,
+        task_track_started=True,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        task_default_queue=CPU_QUEUE,
+        task_queues=queues,
+        task_routes=(route_task,),
+        worker_max_tasks_per_child=settings.max_tasks_per_child,
+        worker_max_memory_per_child=settings.max_memory_per_child,
+        # CUDA must not be initialised in a forked child of a parent that touched it; the
+        # parent here never does (NVML check only), and GPU hosts may also run
+        # `--pool prefork` with EXPORT_POOL_START_METHOD=spawn.
+        worker_pool_start_method=settings.pool_start_method,
+        worker_hijack_root_logger=False,
+    )
+    app.conf.export_settings = settings
+    return app
+
+
+@signals.worker_process_init.connect
+def _limit_torch_threads(**_: Any) -> None:
+    """One share of the cores per pool process, so concurrent exports don't oversubscribe."""
+    import torch
+
+    settings: Settings = app.conf.export_settings
+    concurrency = max(1, int(app.conf.worker_concurrency or os.cpu_count() or 1))
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // concurrency)
+    torch.set_num_threads(threads)
+
+
+app = create_app()

@@ -1,0 +1,39 @@
+"""The errors an export job raises: one root, one class per cause.
+
+Every class here is permanent (retrying cannot help); transient S3 and broker errors
+keep their botocore / redis types and are retried by the task.
+"""
+
+from __future__ import annotations
+
+
+class ExportError(Exception):
+    """Raised when an export cannot be done; the root of this package's errors."""
+
+
+class SpecError(ExportError, ValueError):
+    """Raised when a spec does not validate; the message names each bad field."""
+
+
+class BuilderNotAllowed(ExportError):
+    """Raised when a spec's builder lies outside ``EXPORT_ALLOWED_BUILDERS``; it is never imported."""
+
+
+class BuildFailed(ExportError):
+    """Raised when the builder could not be imported or called, or its weights not loaded."""
+
+
+class ScriptingFailed(ExportError):
+    """Raised when ``torch.jit.script`` or ``torch.jit.trace`` rejects the module."""
+
+
+class DeviceUnavailable(ExportError):
+    """Raised when the spec's device does not exist on this worker (e.g. ``cuda`` on a CPU host)."""
+
+
+class VerificationFailed(ExportError):
+    """Raised when the reloaded archive's outputs differ from the eager module's beyond tolerance."""
+
+
+class ExportConflict(ExportError):
+    """Raised when another export holds the same keys and did not finish in time."""

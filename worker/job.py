@@ -1,0 +1,309 @@
+"""One export, as a plain function: spec in, artifact and manifest in S3, result dict out.
+
+The Celery task (``worker.tasks.export_model``) is a thin wrapper around :func:`run_export`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+
+from serializer.archive import ArchiveInfo
+from serializer.errors import ManifestError, ObjectExists
+from serializer.extras import decode_base64
+from serializer.loading import compare_outputs, load_artifact
+from serializer.manifest import (
+    Manifest,
+    Verification,
+    build_manifest,
+    canonical_json,
+    current_producer,
+    manifest_uri_for,
+    read_manifest,
+    write_manifest,
+)
+from serializer.s3uri import parse_s3_uri
+from serializer.torchscript import UploadOptions, export_torchscript
+
+from .builders import build_module, example_inputs, load_weights, resolve_device, to_torchscript
+from .errors import ExportConflict, SpecError, VerificationFailed
+from .settings import Settings
+from .spec import ExportSpec, ExtraBase64, ExtraText, ExtraURI
+
+log = logging.getLogger(__name__)
+
+#: Folder inside the archive's extra files where the export's own build record goes;
+#: spec extra files may not use it.
+BUILD_RECORD_DIR = "export_worker"
+#: Largest extra file fetched from S3 for a spec.
+MAX_EXTRA_FROM_S3 = 256 * 1024**2
+#: Seconds a job that lost the publish race waits for the winner's manifest.
+CONFLICT_WAIT = 30.0
+
+
+class Stage(Enum):
+    """Where a running export is; reported through Celery's ``update_state``."""
+
+    BUILDING = "building"
+    SCRIPTING = "scripting"
+    UPLOADING = "uploading"
+    VERIFYING = "verifying"
+    PUBLISHING = "publishing"
+
+
+Progress = Callable[[Stage, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Where an export goes: derived from the spec's hash and the producing torch."""
+
+    artifact: str
+    manifest: str
+
+
+def export_keys(spec: ExportSpec, torch_version: str) -> Keys:
+    """``{destination}/{name}/{spec_hash[:16]}/torch-{version}/model.pt`` and its manifest.
+
+    Same spec and same torch: same keys.  A different torch writes next to, not over, the
+    artifacts of another.
+    """
+    dest = parse_s3_uri(spec.destination, require_key=False)
+    safe_version = torch_version.replace("+", "_")
+    uri = str(dest.join(spec.name, spec.spec_hash[:16], f"torch-{safe_version}", "model.pt"))
+    return Keys(artifact=uri, manifest=manifest_uri_for(uri))
+
+
+def resolve_extra_files(spec: ExportSpec, client: Any) -> dict[str, bytes]:
+    """The spec's extra files as bytes (text, base64, or fetched from S3).
+
+    Raises:
+        SpecError: a reserved name, an object that is missing or too large.
+    """
+    out: dict[str, bytes] = {}
+    for name, source in spec.extra_files.items():
+        if name.split("/", 1)[0] == BUILD_RECORD_DIR:
+            raise SpecError(f"extra_files.{name}: the folder {BUILD_RECORD_DIR!r} is reserved for the build record")
+        if isinstance(source, str):
+            out[name] = source.encode("utf-8")
+        elif isinstance(source, ExtraText):
+            out[name] = source.text.encode("utf-8")
+        elif isinstance(source, ExtraBase64):
+            out[name] = decode_base64(name, source.base64)
+        elif isinstance(source, ExtraURI):
+            out[name] = _fetch_extra(client, name, source.uri)
+    return out
+
+
+def _fetch_extra(client: Any, name: str, uri: str) -> bytes:
+    from botocore.exceptions import ClientError
+
+    from serializer.retry import error_code
+
+    target = parse_s3_uri(uri)
+    try:
+        head = client.head_object(Bucket=target.bucket, Key=target.key)
+        if head["ContentLength"] > MAX_EXTRA_FROM_S3:
+            raise SpecError(f"extra_files.{name}: {uri} is larger than {MAX_EXTRA_FROM_S3} bytes")
+        return bytes(client.get_object(Bucket=target.bucket, Key=target.key)["Body"].read())
+    except ClientError as exc:
+        if error_code(exc) in ("404", "NoSuchKey", "NoSuchBucket", "403", "AccessDenied"):
+            raise SpecError(f"extra_files.{name}: {uri} cannot be read ({error_code(exc)})") from exc
+        raise
+
+
+def _tensor_file(value: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(value, buf)
+    return buf.getvalue()
+
+
+def build_record(
+    spec: ExportSpec, producer: dict[str, Any], inputs: tuple[torch.Tensor, ...], outputs: Any
+) -> dict[str, bytes]:
+    """Extra files describing the export itself, so a consumer can check the archive without
+    the model's code: the spec and producer (JSON), and the example inputs and the eager
+    module's outputs (``torch.save``, loadable with ``weights_only=True``)."""
+    cpu_out = _to_cpu(outputs)
+    return {
+        f"{BUILD_RECORD_DIR}/build.json": canonical_json({"spec": spec.to_json_dict(), "producer": producer}),
+        f"{BUILD_RECORD_DIR}/example_inputs.pt": _tensor_file([t.detach().cpu() for t in inputs]),
+        f"{BUILD_RECORD_DIR}/reference_outputs.pt": _tensor_file(cpu_out),
+    }
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value
+
+
+def _existing(client: Any, keys: Keys) -> Manifest | None:
+    try:
+        return read_manifest(client, keys.manifest)
+    except ManifestError as exc:
+        if "no manifest" in str(exc):
+            return None
+        raise
+
+
+def result_of(manifest: Manifest, keys: Keys, *, skipped: bool) -> dict[str, Any]:
+    """The task's JSON result, from a manifest."""
+    return {
+        "artifact_uri": keys.artifact,
+        "manifest_uri": keys.manifest,
+        "sha256": manifest.artifact.sha256,
+        "size": manifest.artifact.size,
+        "spec_hash": manifest.spec_hash,
+        "extra_files": [e.name for e in manifest.extra_files],
+        "skipped": skipped,
+        "format_version": manifest.artifact.format_version,
+        "verification": manifest.verification.model_dump() if manifest.verification else None,
+    }
+
+
+def run_export(
+    spec: ExportSpec,
+    *,
+    settings: Settings,
+    client: Any,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Build, script, stream, verify and publish one export.
+
+    Nothing is left behind on failure: an artifact written by this run is deleted before the
+    error propagates, and the manifest (written last) only exists for a complete export.
+
+    Raises:
+        ExportError subclasses (permanent), or botocore errors (transient, for the task to retry).
+    """
+    report = progress or (lambda stage, info: None)
+    producer = current_producer(spec.device)
+    keys = export_keys(spec, producer.torch)
+    done = _existing(client, keys)
+    if done is not None:
+        log.info("export %s already at %s; skipped", spec.spec_hash[:16], keys.artifact)
+        return result_of(done, keys, skipped=True)
+
+    started = time.monotonic()
+    report(Stage.BUILDING, {})
+    device = resolve_device(spec.device)
+    extras = resolve_extra_files(spec, client)
+    module = build_module(spec, settings.allowed_builders, device)
+    if spec.weights:
+        load_weights(module, client, spec.weights, settings.spool_dir)
+    module = module.to(device).eval()
+    inputs = example_inputs(spec.example_inputs or [], spec.seed, device)
+    with torch.no_grad():
+        reference = module(*inputs) if inputs else None
+
+    report(Stage.SCRIPTING, {})
+    scripted = to_torchscript(module, spec.method, inputs)
+    if inputs:
+        extras.update(build_record(spec, producer.model_dump(), inputs, reference))
+    else:
+        extras[f"{BUILD_RECORD_DIR}/build.json"] = canonical_json(
+            {"spec": spec.to_json_dict(), "producer": producer.model_dump()}
+        )
+
+    report(Stage.UPLOADING, {"bytes": 0})
+    sent = [0]
+
+    def on_bytes(n: int) -> None:
+        sent[0] += n
+        report(Stage.UPLOADING, {"bytes": sent[0]})
+
+    try:
+        info = export_torchscript(
+            scripted,
+            keys.artifact,
+            client=client,
+            extra_files=extras,
+            options=UploadOptions(
+                part_size=settings.part_size,
+                max_in_flight=settings.max_in_flight,
+                checksum_algorithm=settings.checksum_algorithm,
+                if_none_match=settings.conditional_publish,
+            ),
+            strategy=settings.upload_strategy,
+            spool_dir=settings.spool_dir,
+            progress=on_bytes,
+        )
+    except ObjectExists:
+        return _await_winner(client, keys)
+
+    try:
+        verification = None
+        if spec.should_verify:
+            report(Stage.VERIFYING, {"bytes": info.size})
+            verification = verify_archive(client, info, inputs, reference, atol=spec.atol, rtol=spec.rtol)
+            if not verification.passed and settings.verify_mismatch == "fail":
+                raise VerificationFailed(
+                    f"reloaded archive differs from the eager module: max abs diff {verification.max_abs_diff:g}, "
+                    f"max rel diff {verification.max_rel_diff:g} (atol {spec.atol:g}, rtol {spec.rtol:g})"
+                )
+        report(Stage.PUBLISHING, {"bytes": info.size})
+        manifest = build_manifest(
+            info,
+            spec=spec.to_json_dict(),
+            spec_hash=spec.spec_hash,
+            producer=producer,
+            verification=verification,
+            metadata=spec.metadata,
+        )
+        write_manifest(client, keys.manifest, manifest, if_none_match=settings.conditional_publish)
+    except BaseException:
+        _delete_quietly(client, keys.artifact)
+        raise
+    log.info("exported %s to %s (%d bytes) in %.2f s", spec.name, keys.artifact, info.size, time.monotonic() - started)
+    return result_of(manifest, keys, skipped=False)
+
+
+def verify_archive(
+    client: Any, info: ArchiveInfo, inputs: tuple[torch.Tensor, ...], reference: Any, *, atol: float, rtol: float
+) -> Verification:
+    """Reload the stored archive on the CPU (checking its sha256) and compare its outputs."""
+    loaded, _ = load_artifact(client, info.uri, map_location="cpu", sha256=info.sha256, size=info.size)
+    with torch.no_grad():
+        actual = loaded(*(t.detach().cpu() for t in inputs))
+    passed, max_abs, max_rel = compare_outputs(_to_cpu(reference), actual, atol=atol, rtol=rtol)
+    return Verification(
+        passed=passed,
+        max_abs_diff=min(max_abs, 1e300),
+        max_rel_diff=min(max_rel, 1e300),
+        atol=atol,
+        rtol=rtol,
+    )
+
+
+def _await_winner(client: Any, keys: Keys) -> dict[str, Any]:
+    """Another worker published the same artifact first: wait for its manifest."""
+    deadline = time.monotonic() + CONFLICT_WAIT
+    while time.monotonic() < deadline:
+        done = _existing(client, keys)
+        if done is not None:
+            return result_of(done, keys, skipped=True)
+        time.sleep(0.5)
+    raise ExportConflict(
+        f"{keys.artifact} exists without a manifest after {CONFLICT_WAIT:.0f} s: another export of this spec "
+        "is still running, or one crashed between archive and manifest; delete the archive to redo it"
+    )
+
+
+def _delete_quietly(client: Any, uri: str) -> None:
+    target = parse_s3_uri(uri)
+    try:
+        client.delete_object(Bucket=target.bucket, Key=target.key)
+    except Exception:
+        log.exception("could not delete %s after a failed export", uri)

@@ -1,0 +1,203 @@
+"""The export spec: exactly the CONTRACT fields, validated before sending and on the worker."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+
+from serializer.extras import decode_base64, validate_extra_name
+from serializer.manifest import canonical_json, spec_digest
+from serializer.s3uri import parse_s3_uri
+
+from .errors import SpecError
+
+#: dtypes an example input may have (names as torch spells them).
+DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"})
+INT_DTYPES = frozenset({"int8", "uint8", "int16", "int32", "int64"})
+#: Largest synthesized example input, in elements (64 Mi floats = 256 MiB): an example
+#: input is for tracing and checking, not a data set.
+MAX_INPUT_ELEMENTS = 64 * 1024**2
+#: Most dimensions of one example input.
+MAX_DIMS = 8
+#: Largest JSON size of ``kwargs`` / ``metadata`` / inline extra files / given values, in bytes.
+MAX_JSON_BYTES = 1024**2
+#: Extra-file sources.
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
+_BUILDER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d{1,2})$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    """An example input: synthesized from ``shape``/``dtype`` (seeded), or given as ``value``."""
+
+    dtype: str = "float32"
+    shape: list[Annotated[int, Field(ge=0, le=2**31)]] | None = None
+    value: Any = None
+    low: float | None = None
+    high: float | None = None
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in DTYPES:
+            raise ValueError(f"unknown dtype {v!r}; use one of {', '.join(sorted(DTYPES))}")
+        return v
+
+    @model_validator(mode="after")
+    def _shape_or_value(self) -> TensorSpec:
+        if (self.shape is None) == (self.value is None):
+            raise ValueError("give exactly one of 'shape' (synthesized) or 'value' (nested list)")
+        if self.shape is not None:
+            if len(self.shape) > MAX_DIMS:
+                raise ValueError(f"at most {MAX_DIMS} dimensions, got {len(self.shape)}")
+            if math.prod(self.shape) > MAX_INPUT_ELEMENTS:
+                raise ValueError(f"shape {self.shape} has more than {MAX_INPUT_ELEMENTS} elements")
+        if self.value is not None and len(canonical_json(self.value)) > MAX_JSON_BYTES:
+            raise ValueError(f"'value' is larger than {MAX_JSON_BYTES} bytes of JSON")
+        if (self.low is not None or self.high is not None) and self.dtype not in INT_DTYPES:
+            raise ValueError("'low'/'high' apply to integer dtypes only")
+        if self.low is not None and self.high is not None and not self.low < self.high:
+            raise ValueError("'low' must be below 'high'")
+        return self
+
+
+class ExtraText(_Strict):
+    text: str
+
+
+class ExtraBase64(_Strict):
+    base64: str
+
+
+class ExtraURI(_Strict):
+    uri: str
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        parse_s3_uri(v)
+        return v
+
+
+ExtraSource = str | ExtraText | ExtraBase64 | ExtraURI
+
+
+class ExportSpec(_Strict):
+    """What to export, where to: the CONTRACT's spec, plus tolerances and a seed."""
+
+    name: Name
+    builder: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = None
+    method: Literal["script", "trace"] = "script"
+    example_inputs: list[TensorSpec] | None = None
+    device: str = "cpu"
+    extra_files: dict[str, ExtraSource] = Field(default_factory=dict)
+    destination: str
+    verify: bool | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    atol: float = Field(default=1e-5, ge=0, description="absolute tolerance of the verification")
+    rtol: float = Field(default=1e-4, ge=0, description="relative tolerance of the verification")
+    seed: int = Field(default=0, ge=0, lt=2**63, description="seed of synthesized example inputs")
+
+    @field_validator("builder")
+    @classmethod
+    def _builder(cls, v: str) -> str:
+        if not _BUILDER_RE.match(v):
+            raise ValueError(f"builder must look like 'package.module:callable', got {v!r}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not _DEVICE_RE.match(v):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {v!r}")
+        return v
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_s3_uri(v)
+        return v
+
+    @field_validator("destination")
+    @classmethod
+    def _destination(cls, v: str) -> str:
+        parse_s3_uri(v, require_key=False)
+        return v.rstrip("/")
+
+    @field_validator("kwargs", "metadata")
+    @classmethod
+    def _small_json(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if len(canonical_json(v)) > MAX_JSON_BYTES:
+            raise ValueError(f"larger than {MAX_JSON_BYTES} bytes of JSON")
+        return v
+
+    @field_validator("extra_files")
+    @classmethod
+    def _extras(cls, v: dict[str, ExtraSource]) -> dict[str, ExtraSource]:
+        for name, source in v.items():
+            validate_extra_name(name)
+            if isinstance(source, ExtraBase64):
+                decode_base64(name, source.base64)
+        if len(canonical_json({k: _dump(s) for k, s in v.items()})) > 16 * MAX_JSON_BYTES:
+            raise ValueError("inline extra files are larger than 16 MiB; store them in S3 and give a 'uri'")
+        return v
+
+    @model_validator(mode="after")
+    def _needs_inputs(self) -> ExportSpec:
+        if self.method == "trace" and not self.example_inputs:
+            raise ValueError("method 'trace' needs example_inputs")
+        if self.verify and not self.example_inputs:
+            raise ValueError("verify needs example_inputs")
+        return self
+
+    @property
+    def should_verify(self) -> bool:
+        """``verify``, defaulting to true where example inputs are given."""
+        return bool(self.example_inputs) if self.verify is None else self.verify
+
+    @property
+    def queue(self) -> str:
+        """The queue this spec runs on: ``gpu`` for CUDA devices, else ``cpu``."""
+        return "gpu" if self.device.startswith("cuda") else "cpu"
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON data (what is hashed, stored and sent)."""
+        return self.model_dump(mode="json")
+
+    @property
+    def spec_hash(self) -> str:
+        """sha256 of the canonical JSON of the spec: equal specs, equal hashes."""
+        return spec_digest(self.to_json_dict())
+
+
+def _dump(source: ExtraSource) -> Any:
+    return source if isinstance(source, str) else source.model_dump()
+
+
+def parse_spec(data: Any) -> ExportSpec:
+    """Validate a JSON-able dict as an :class:`ExportSpec`.
+
+    Raises:
+        SpecError: naming every field that is wrong and why.
+    """
+    if isinstance(data, ExportSpec):
+        return data
+    if not isinstance(data, dict):
+        raise SpecError(f"a spec is a JSON object, got {type(data).__name__}")
+    try:
+        return ExportSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}" for err in exc.errors(include_url=False)
+        )
+        raise SpecError(f"invalid spec: {problems}") from None
