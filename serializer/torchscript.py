@@ -103,6 +103,7 @@ def export_torchscript(
     strategy: Strategy = "spool",
     spool_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
+    on_size: Callable[[int], None] | None = None,
 ) -> ArchiveInfo:
     """Save ``module`` with ``extra_files`` as a TorchScript archive at ``uri`` (``s3://``).
 
@@ -116,6 +117,8 @@ def export_torchscript(
         spool_dir: where the temporary archive or pipe lives (default: the system's temp
             dir); put it on a disk, not tmpfs, for large models.
         progress: called with byte counts as parts land.
+        on_size: called with the archive's size once it is known, before the upload
+            (``spool`` only: the ``fifo`` path learns it at the end).
 
     Raises:
         InvalidExtraFile: a bad extra-file name.
@@ -130,6 +133,8 @@ def export_torchscript(
         path = os.path.join(tmp, ARCHIVE_FILE)
         if strategy == "spool":
             save_archive(module, path, extras)
+            if on_size is not None:
+                on_size(os.path.getsize(path))
             result, index = _upload_file(path, client, target.bucket, target.key, opts, progress, extras)
         elif strategy == "fifo":
             from ._fifo import save_through_fifo

@@ -1,4 +1,4 @@
-"""``exportctl``: the command-line tool."""
+"""``exportctl``: the command-line tool (rich tables and progress bars; one-line errors)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,44 @@ import json
 import logging
 import os
 import sys
+import tempfile
+import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.json import JSON
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
 from serializer.errors import SerializerError
 
-console = Console(stderr=True)
-out = Console()
+from .errors import ExportError
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False)
+
+#: Seconds between polls of a job's state while waiting.
+POLL_INTERVAL = 0.2
+#: Seconds the demo waits for its worker to answer a ping.
+WORKER_START_TIMEOUT = 90.0
+
+#: The bundled example the demo exports.
+DEMO_SPEC: dict[str, Any] = {
+    "name": "tiny-classifier",
+    "builder": "worker.examples:tiny_classifier",
+    "kwargs": {"in_features": 16, "hidden": 32, "classes": 4},
+    "method": "script",
+    "example_inputs": [{"shape": [2, 16], "dtype": "float32"}],
+    "device": "cpu",
+    "extra_files": {"labels.txt": "cat\ndog\nbird\nfish\n", "README.md": {"text": "A tiny demo classifier.\n"}},
+    "metadata": {"team": "demo"},
+}
+
+
+class CommandError(Exception):
+    """Raised for an expected failure the CLI reports as one line with a non-zero exit."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,9 +54,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run an export end to end on an embedded S3 endpoint")
-    demo.add_argument("--endpoint", help="use this S3 endpoint instead of starting one")
+    demo = sub.add_parser("demo", help="run the whole service on an embedded default and export an example")
     demo.add_argument("--bucket", default="export-demo", help="bucket to write to (created if missing)")
+
+    submit = sub.add_parser("submit", help="validate a spec and enqueue its export")
+    submit.add_argument("spec", help="spec JSON file, or - for standard input")
+    submit.add_argument("--wait", action="store_true", help="show progress and wait for the result")
+    submit.add_argument("--timeout", type=float, default=3600, help="seconds to wait with --wait")
+
+    status = sub.add_parser("status", help="state of a job")
+    status.add_argument("task_id")
 
     show = sub.add_parser("show", help="print an artifact's manifest")
     show.add_argument("uri", help="s3:// URI of the artifact (.pt) or its manifest")
@@ -40,18 +73,99 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    handlers = {"demo": _demo, "submit": _submit, "status": _status, "show": _show}
     try:
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "show":
-            return _show(args)
-    except (SerializerError, ValueError, BotoCoreError, ClientError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return handlers[args.command](args)
+    except (CommandError, ExportError, SerializerError, ValueError, BotoCoreError, ClientError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
         return 1
     except KeyboardInterrupt:
         return 130
-    parser.error(f"unknown command {args.command}")
-    return 2  # pragma: no cover
+
+
+def _load_spec_file(path: str) -> dict[str, Any]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot read spec {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CommandError(f"spec {path} is not a JSON object")
+    return data
+
+
+def submit_spec(spec: dict[str, Any]) -> Any:
+    """Validate ``spec`` here, then enqueue it on the queue its device picks.
+
+    Raises:
+        SpecError: the spec is invalid (nothing is sent).
+    """
+    from .spec import parse_spec
+    from .tasks import export_model
+
+    parsed = parse_spec(spec)
+    return export_model.apply_async(args=[parsed.to_json_dict()], queue=parsed.queue)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    result = submit_spec(_load_spec_file(args.spec))
+    console.print(f"submitted {result.id}")
+    if not args.wait:
+        out.print(result.id)
+        return 0
+    value = wait_with_progress(result, args.timeout)
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def wait_with_progress(result: Any, timeout: float) -> dict[str, Any]:
+    """Poll a job, drawing its stage and upload progress, until it ends.
+
+    Raises:
+        CommandError: the job failed (its message) or did not end within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    columns = (TextColumn("{task.description:<11}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task("queued", total=None)
+        while True:
+            state, info = result.state, result.info
+            if state == "PROGRESS" and isinstance(info, dict):
+                total = info.get("total")
+                bar.update(task, description=str(info.get("stage", "running")), completed=info.get("bytes", 0))
+                if total:
+                    bar.update(task, total=total)
+            elif state == "STARTED":
+                bar.update(task, description="started")
+            elif state == "SUCCESS":
+                value: dict[str, Any] = result.get()
+                bar.update(task, description="done", total=value.get("size") or 1, completed=value.get("size") or 1)
+                return value
+            elif state in ("FAILURE", "REVOKED"):
+                raise CommandError(f"export failed: {type(info).__name__}: {info}")
+            elif state == "RETRY":
+                bar.update(task, description="retrying")
+            if time.monotonic() > deadline:
+                raise CommandError(f"job {result.id} did not finish within {timeout:.0f} s (still {state})")
+            time.sleep(POLL_INTERVAL)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from celery.result import AsyncResult
+
+    from .celery import app
+
+    result = AsyncResult(args.task_id, app=app)
+    info = result.info
+    body = {
+        "id": args.task_id,
+        "state": result.state,
+        "info": info
+        if isinstance(info, dict | list | str | int | float | type(None))
+        else f"{type(info).__name__}: {info}",
+    }
+    sys.stdout.write(json.dumps(body, indent=2, sort_keys=True, default=str) + "\n")
+    return 0 if result.state != "FAILURE" else 1
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -67,135 +181,99 @@ def _show(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _endpoint(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    from worker.local_services import moto_server
+def _demo_services(tmp: str) -> Iterator[dict[str, str]]:
+    """Redis and S3 for the demo: the configured ones, or local ones started here."""
+    from .local_services import moto_server, redis_server
 
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    env = dict(os.environ)
+    env.setdefault("AWS_ACCESS_KEY_ID", "demo")
+    env.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
+    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    env.setdefault("EXPORT_SPOOL_DIR", tmp)
     with contextlib.ExitStack() as stack:
-        with console.status("starting an embedded S3 endpoint (moto)"):
-            started = stack.enter_context(moto_server())
-        console.print(f"embedded S3 endpoint: {started}")
-        yield started
+        if "CELERY_BROKER_URL" not in env:
+            with console.status("starting a local redis-server"):
+                env["CELERY_BROKER_URL"] = stack.enter_context(redis_server())
+            console.print(f"redis: {env['CELERY_BROKER_URL']}")
+        if not (env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")):
+            with console.status("starting an embedded S3 endpoint (moto)"):
+                env["AWS_ENDPOINT_URL_S3"] = stack.enter_context(moto_server())
+            console.print(f"S3 endpoint: {env['AWS_ENDPOINT_URL_S3']}")
+        yield env
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .local_services import ServiceMissing, celery_worker
+
+    with tempfile.TemporaryDirectory(prefix="export-worker-demo-") as tmp, contextlib.ExitStack() as stack:
+        try:
+            env = stack.enter_context(_demo_services(tmp))
+        except ServiceMissing as exc:
+            raise CommandError(str(exc)) from exc
+        # The app reads its settings when first imported: from the services above.
+        os.environ.update(env)
+        log_path = os.path.join(tmp, "worker.log")
+        proc = stack.enter_context(celery_worker(env, log_path=log_path))
+        return _run_demo(args, proc, log_path)
+
+
+def _run_demo(args: argparse.Namespace, proc: Any, log_path: str) -> int:
     import torch
 
     from serializer.client import make_s3_client
-    from serializer.loading import compare_outputs, load_artifact
-    from serializer.manifest import (
-        Verification,
-        build_manifest,
-        current_producer,
-        manifest_uri_for,
-        read_manifest,
-        spec_digest,
-        write_manifest,
+    from serializer.loading import load_artifact
+    from serializer.manifest import read_manifest
+
+    from .builders import example_inputs
+    from .celery import app
+    from .spec import parse_spec
+
+    with console.status("starting a worker (celery -A worker worker -Q cpu)"):
+        deadline = time.monotonic() + WORKER_START_TIMEOUT
+        while not app.control.ping(timeout=0.5):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise CommandError(f"the worker did not start; its log: {log_path}")
+    console.print("worker: ready")
+
+    client = make_s3_client()
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket=args.bucket)
+    spec = {**DEMO_SPEC, "destination": f"s3://{args.bucket}/demo"}
+    result = submit_spec(spec)
+    console.print(f"submitted export_model {result.id}")
+    value = wait_with_progress(result, 300)
+    console.print(f"stored {value['artifact_uri']} ({value['size']} bytes, sha256 {value['sha256'][:16]}...)")
+
+    # A consumer's view: the manifest first, then the checked archive, loaded on the CPU.
+    manifest = read_manifest(client, value["manifest_uri"])
+    console.print(f"manifest {value['manifest_uri']}:")
+    out.print(JSON(manifest.to_json().decode(), sort_keys=True), soft_wrap=True)
+    model, extras = load_artifact(
+        client,
+        manifest.artifact.uri,
+        extra_names=[e.name for e in manifest.extra_files],
+        sha256=manifest.artifact.sha256,
+        size=manifest.artifact.size,
     )
-    from serializer.torchscript import UploadOptions, export_torchscript, quiet_torchscript_deprecation
-    from worker.examples import tiny_classifier
-    from worker.settings import Settings
-
-    settings = Settings()
-    with _endpoint(args.endpoint) as endpoint:
-        client = make_s3_client(
-            endpoint_url=endpoint,
-            max_pool_connections=settings.max_in_flight,
-            checksum_mode=settings.s3_checksum_mode,
+    parsed = parse_spec(spec)
+    (example,) = example_inputs(parsed.example_inputs or [], parsed.seed, torch.device("cpu"))
+    with torch.no_grad():
+        logits = model(example)
+    labels = extras["labels.txt"].decode().split()
+    sys.stdout.write(
+        json.dumps(
+            {
+                "loaded_from": manifest.artifact.uri,
+                "verification_passed": manifest.verification.passed if manifest.verification else None,
+                "logits_shape": list(logits.shape),
+                "predicted": [labels[i] for i in logits.argmax(dim=1).tolist()],
+                "extra_files": {k: len(v) for k, v in extras.items() if not k.startswith("export_worker/")},
+            },
+            indent=2,
         )
-        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-            client.create_bucket(Bucket=args.bucket)
-        spec: dict[str, Any] = {
-            "name": "tiny-classifier",
-            "builder": "worker.examples:tiny_classifier",
-            "kwargs": {"in_features": 16, "hidden": 32, "classes": 4},
-            "method": "script",
-            "example_inputs": [{"shape": [2, 16], "dtype": "float32"}],
-            "device": "cpu",
-            "extra_files": {"labels.txt": "cat\ndog\nbird\nfish\n", "README.md": "A tiny demo classifier.\n"},
-            "destination": f"s3://{args.bucket}/demo",
-            "metadata": {"team": "demo"},
-        }
-        digest = spec_digest(spec)
-        uri = f"{spec['destination']}/{spec['name']}/{digest[:16]}/model.pt"
-
-        module = tiny_classifier(**spec["kwargs"]).eval()
-        torch.manual_seed(0)
-        example = torch.randn(2, 16)
-        with torch.no_grad():
-            expected = module(example)
-        with quiet_torchscript_deprecation():
-            scripted = torch.jit.script(module)
-
-        with Progress(
-            TextColumn("uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console
-        ) as bar:
-            task = bar.add_task("upload", total=None)
-            info = export_torchscript(
-                scripted,
-                uri,
-                client=client,
-                extra_files=spec["extra_files"],
-                options=UploadOptions(
-                    part_size=settings.part_size,
-                    max_in_flight=settings.max_in_flight,
-                    checksum_algorithm=settings.checksum_algorithm,
-                    if_none_match=False,
-                ),
-                strategy=settings.upload_strategy,
-                spool_dir=settings.spool_dir,
-                progress=lambda n: bar.advance(task, n),
-            )
-        console.print(f"stored {info.uri} ({info.size} bytes, sha256 {info.sha256[:16]}...)")
-
-        reloaded, _ = load_artifact(client, info.uri, sha256=info.sha256, size=info.size)
-        with torch.no_grad():
-            passed, max_abs, max_rel = compare_outputs(expected, reloaded(example), atol=1e-6, rtol=1e-5)
-        manifest = build_manifest(
-            info,
-            spec=spec,
-            spec_hash=digest,
-            producer=current_producer("cpu"),
-            verification=Verification(passed=passed, max_abs_diff=max_abs, max_rel_diff=max_rel, atol=1e-6, rtol=1e-5),
-            metadata=spec["metadata"],
-        )
-        manifest_uri = manifest_uri_for(info.uri)
-        write_manifest(client, manifest_uri, manifest)
-        console.print(f"manifest {manifest_uri}:")
-        out.print(JSON(manifest.to_json().decode(), sort_keys=True), soft_wrap=True)
-
-        # A consumer's view: the manifest first, then the checked archive, loaded on the CPU.
-        seen = read_manifest(client, manifest_uri)
-        model, extras = load_artifact(
-            client,
-            seen.artifact.uri,
-            extra_names=[e.name for e in seen.extra_files],
-            sha256=seen.artifact.sha256,
-            size=seen.artifact.size,
-        )
-        with torch.no_grad():
-            logits = model(example)
-        labels = extras["labels.txt"].decode().split()
-        predicted = [labels[i] for i in logits.argmax(dim=1).tolist()]
-        sys.stdout.write(
-            json.dumps(
-                {
-                    "loaded_from": seen.artifact.uri,
-                    "verification_passed": seen.verification.passed if seen.verification else None,
-                    "logits_shape": list(logits.shape),
-                    "predicted": predicted,
-                    "extra_files": {k: len(v) for k, v in extras.items()},
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        return 0 if passed else 1
+        + "\n"
+    )
+    return 0 if manifest.verification and manifest.verification.passed else 1
 
 
 if __name__ == "__main__":

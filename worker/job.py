@@ -217,12 +217,16 @@ def run_export(
             {"spec": spec.to_json_dict(), "producer": producer.model_dump()}
         )
 
-    report(Stage.UPLOADING, {"bytes": 0})
-    sent = [0]
+    state: dict[str, Any] = {"bytes": 0, "total": None}
+    report(Stage.UPLOADING, dict(state))
+
+    def on_size(total: int) -> None:
+        state["total"] = total
+        report(Stage.UPLOADING, dict(state))
 
     def on_bytes(n: int) -> None:
-        sent[0] += n
-        report(Stage.UPLOADING, {"bytes": sent[0]})
+        state["bytes"] += n
+        report(Stage.UPLOADING, dict(state))
 
     try:
         info = export_torchscript(
@@ -239,6 +243,7 @@ def run_export(
             strategy=settings.upload_strategy,
             spool_dir=settings.spool_dir,
             progress=on_bytes,
+            on_size=on_size,
         )
     except ObjectExists:
         return _await_winner(client, keys)

@@ -1,4 +1,4 @@
-"""Local stand-ins for the services a real deployment has: an S3 endpoint (moto) on loopback.
+"""Local stand-ins for a deployment's services on loopback: an S3 endpoint (moto), Redis, a worker.
 
 Used by ``exportctl demo`` and the tests; never by a worker in production.
 """
@@ -52,9 +52,91 @@ def moto_server() -> Iterator[str]:
                 time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
+
+
+class ServiceMissing(RuntimeError):
+    """Raised when a local service's program is not installed; the message says how to get it."""
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """Run ``redis-server`` on a free loopback port, keeping nothing on disk; yield its URL.
+
+    Raises:
+        ServiceMissing: no ``redis-server`` on PATH.
+    """
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServiceMissing(
+            "redis-server is not installed: `apt-get install redis-server` (Debian/Ubuntu) or "
+            "`brew install redis` (macOS), or point CELERY_BROKER_URL at a Redis you run"
+        )
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"redis-server on port {port} did not start")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def celery_worker(
+    env: dict[str, str], *, queues: str = "cpu", concurrency: int = 1, log_path: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``celery -A worker worker`` with ``env`` until the block ends (then a warm shutdown)."""
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            str(concurrency),
+            "-l",
+            "info",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc
+    finally:
+        _stop(proc, grace=30)
+        if log_path:
+            log.close()  # type: ignore[union-attr]
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,4 +1,7 @@
-"""The README's first command, run as a user would: ``exportctl demo`` in a fresh process."""
+"""The README's first command, run as a user would: ``exportctl demo`` in a fresh process.
+
+It starts its own redis-server, moto S3 server and Celery worker, submits the bundled
+example, waits for it, and loads the artifact back."""
 
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ def _exportctl(*args: str, env: dict[str, str] | None = None, timeout: float = 1
 
 @pytest.mark.parametrize("strategy", ["spool", "fifo"])
 def test_demo_exports_verifies_and_loads_back(tmp_path: Path, strategy: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT", "EXPORT_"))}
+    # As on a fresh machine: no broker, no S3 endpoint, no settings; the demo starts its own.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT", "EXPORT_", "CELERY_"))}
     env["EXPORT_UPLOAD_STRATEGY"] = strategy
     env["EXPORT_SPOOL_DIR"] = str(tmp_path)
     proc = _exportctl("demo", env=env)
