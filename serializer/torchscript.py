@@ -36,7 +36,7 @@ from .errors import ArchiveError
 from .extras import normalize_extra_files
 from .multipart import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE, ChecksumAlgorithm, MultipartWriter, UploadResult
 from .s3uri import parse_s3_uri
-from .zipindex import ZipIndex, ZipStreamIndexer
+from .zipindex import CentralDirectoryTooLarge, ZipIndex, ZipStreamIndexer
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,11 @@ def _upload_file(
         with contextlib.suppress(AttributeError, OSError):
             # The spool is read once; keep it from crowding the page cache.
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        index = indexer.finish()
+        try:
+            index = indexer.finish()
+        except CentralDirectoryTooLarge as exc:
+            f.seek(-exc.needed, os.SEEK_END)
+            index = indexer.finish(tail=f.read(exc.needed))
         # Checked before commit, so a malformed archive is never published.
         check_extras(index, extras)
     assert writer.result is not None

@@ -12,6 +12,7 @@ header offset and the local header gives where its data starts.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass
 
 from .errors import ArchiveError
@@ -28,9 +29,20 @@ _EOCD_LEN = 22
 #: only occur as false matches inside record data.
 _MAX_FIELD = 4096
 _HEADER_WINDOW = _LOCAL_LEN + 2 * _MAX_FIELD
-#: Default tail kept: the central directory needs ~100 bytes a record, so 16 MiB indexes
-#: archives of ~150,000 records (a model of 10,000 tensors needs ~1 MiB).
-DEFAULT_TAIL_LIMIT = 16 * 1024**2
+#: Default tail kept: the central directory needs ~100 bytes a record, so 4 MiB indexes
+#: archives of ~40,000 records (a model of 10,000 tensors needs ~1 MiB).  A larger one
+#: raises :class:`CentralDirectoryTooLarge`, whose ``needed`` says how much tail to re-read
+#: from a seekable source (the spool path does).
+DEFAULT_TAIL_LIMIT = 4 * 1024**2
+
+
+class CentralDirectoryTooLarge(ArchiveError):
+    """Raised when the central directory starts before the kept tail."""
+
+    def __init__(self, message: str, needed: int) -> None:
+        super().__init__(message)
+        #: Bytes from the archive's end that hold the whole central directory.
+        self.needed = needed
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,10 @@ class ZipStreamIndexer:
 
     def __init__(self, tail_limit: int = DEFAULT_TAIL_LIMIT) -> None:
         self._tail_limit = max(tail_limit, _HEADER_WINDOW)
-        self._tail = bytearray()
+        # The tail is kept as the chunks fed (no copies): at most tail_limit plus one chunk.
+        self._chunks: deque[bytes] = deque()
+        self._kept = 0
+        self._carry = b""
         self._offset = 0
         self._headers: dict[int, tuple[bytes, int]] = {}
 
@@ -86,18 +101,17 @@ class ZipStreamIndexer:
         """Take the next bytes of the archive."""
         if not data:
             return
+        data = bytes(data)
         # Headers that straddle the previous chunk's end: search the seam.
-        carry = bytes(self._tail[-_HEADER_WINDOW:])
-        seam = carry + data[:_HEADER_WINDOW]
-        self._scan(seam, self._offset - len(carry), limit=len(carry))
+        seam = self._carry + data[:_HEADER_WINDOW]
+        self._scan(seam, self._offset - len(self._carry), limit=len(self._carry))
         self._scan(data, self._offset, limit=len(data))
         self._offset += len(data)
-        if len(data) >= self._tail_limit:
-            self._tail = bytearray(data[-self._tail_limit :])
-        else:
-            self._tail += data
-            if len(self._tail) > 2 * self._tail_limit:
-                del self._tail[: len(self._tail) - self._tail_limit]
+        self._carry = data[-_HEADER_WINDOW:] if len(data) >= _HEADER_WINDOW else (self._carry + data)[-_HEADER_WINDOW:]
+        self._chunks.append(data)
+        self._kept += len(data)
+        while self._kept - len(self._chunks[0]) >= self._tail_limit:
+            self._kept -= len(self._chunks.popleft())
 
     def _scan(self, buf: bytes, base: int, *, limit: int) -> None:
         """Record local headers that start in ``buf[:limit]`` and are complete in ``buf``."""
@@ -110,13 +124,18 @@ class ZipStreamIndexer:
                     self._headers[base + pos] = (buf[pos + _LOCAL_LEN : end], extra_len)
             pos = buf.find(_LOCAL_SIG, pos + 1)
 
-    def finish(self) -> ZipIndex:
-        """Parse the central directory from the kept tail.
+    def finish(self, tail: bytes | None = None) -> ZipIndex:
+        """Parse the central directory from the kept tail, or from ``tail`` (the archive's
+        last ``len(tail)`` bytes, re-read from a seekable source).
 
         Raises:
-            ArchiveError: not a zip, or a central directory larger than the kept tail.
+            CentralDirectoryTooLarge: the central directory starts before the tail.
+            ArchiveError: not a zip.
         """
-        tail = bytes(self._tail[-self._tail_limit :])
+        if tail is None:
+            tail = b"".join(self._chunks)
+            self._chunks.clear()
+            self._kept = 0
         tail_start = self._offset - len(tail)
         eocd = tail.rfind(_EOCD_SIG, max(0, len(tail) - _EOCD_LEN - 65535))
         if eocd < 0 or eocd + _EOCD_LEN > len(tail):
@@ -125,9 +144,9 @@ class ZipStreamIndexer:
         if 0xFFFFFFFF in (cd_size, cd_offset) or count == 0xFFFF:
             count, cd_size, cd_offset = _zip64_eocd(tail, eocd, tail_start)
         if cd_offset < tail_start:
-            raise ArchiveError(
-                f"central directory of {cd_size} bytes is larger than the {self._tail_limit}-byte tail kept; "
-                "raise tail_limit"
+            raise CentralDirectoryTooLarge(
+                f"central directory of {cd_size} bytes is larger than the {len(tail)}-byte tail kept; raise tail_limit",
+                needed=self._offset - cd_offset,
             )
         pos = cd_offset - tail_start
         records = []

@@ -18,7 +18,7 @@ import torch
 
 from serializer.errors import ArchiveError
 from serializer.torchscript import quiet_torchscript_deprecation
-from serializer.zipindex import SMALL_RECORD, ZipIndex, ZipRecord, ZipStreamIndexer
+from serializer.zipindex import SMALL_RECORD, CentralDirectoryTooLarge, ZipIndex, ZipRecord, ZipStreamIndexer
 from tests.fixtures import ALL_BYTES, RepeatInt, TinyLinear, randbytes, scripted
 
 #: 1 and 7 split every header and signature; 4096 is a typical read; 0 means "all at once".
@@ -223,7 +223,8 @@ def test_zip64_with_more_than_65535_records(many_records: tuple[list[str], bytes
     names, data = many_records
     end = data.rindex(b"PK\x05\x06")
     assert data[end + 10 : end + 12] == b"\xff\xff"  # the count is only in the zip64 record
-    index = index_of(data, chunk)
+    # ~5.7 MB of central directory: more than the default tail, so keep a larger one.
+    index = index_of(data, chunk, tail_limit=16 * 1024**2)
     assert [r.name for r in index.records] == names
     last = index.records[-1]
     assert data[last.data_offset : last.data_offset + 1] == bytes([(len(names) - 1) % 256])
@@ -296,3 +297,17 @@ def test_records_are_frozen() -> None:
     rec = ZipRecord("a", 0, 31, 1, 1, 0, 0)
     with pytest.raises(AttributeError):
         rec.name = "b"  # type: ignore[misc]
+
+
+def test_too_large_central_directory_says_how_much_tail_to_reread(many_records: tuple[list[str], bytes]) -> None:
+    names, data = many_records
+    indexer = ZipStreamIndexer(tail_limit=1024**2)
+    for piece in pieces(data, 65_537):
+        indexer.feed(piece)
+    with pytest.raises(CentralDirectoryTooLarge) as info:
+        indexer.finish()
+    cd_start = data.index(b"PK\x01\x02")
+    assert info.value.needed == len(data) - cd_start
+    # Given the tail re-read from a seekable source, the same indexer completes.
+    index = indexer.finish(tail=data[-info.value.needed :])
+    assert [r.name for r in index.records] == names
