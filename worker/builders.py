@@ -42,13 +42,20 @@ def check_allowed(builder: str, allowed: Sequence[str]) -> str:
     )
 
 
+#: The GPU this worker process owns (set per pool process on GPU hosts, one process per
+#: GPU); a spec's plain ``"cuda"`` means this one.
+assigned_gpu: int | None = None
+
+
 def resolve_device(name: str) -> torch.device:
-    """The torch device for a spec's ``device``.
+    """The torch device for a spec's ``device``; plain ``"cuda"`` is this process's GPU.
 
     Raises:
         DeviceUnavailable: CUDA asked for on a worker without it (or without that index).
     """
     device = torch.device(name)
+    if device.type == "cuda" and device.index is None and assigned_gpu is not None:
+        device = torch.device("cuda", assigned_gpu)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceUnavailable(f"device {name!r} asked for, but this worker has no CUDA")
@@ -124,9 +131,7 @@ def example_inputs(specs: Sequence[TensorSpec], seed: int, device: torch.device)
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise BuildFailed(f"example input value is not a {item.dtype} tensor: {exc}") from exc
         elif item.dtype in INT_DTYPES:
-            info = torch.iinfo(dtype)
-            low = int(item.low) if item.low is not None else max(info.min, 0)
-            high = int(item.high) if item.high is not None else min(info.max, 100)
+            low, high = item.int_bounds()
             tensor = torch.randint(low, high, tuple(item.shape or ()), generator=gen, dtype=dtype)
         elif item.dtype == "bool":
             tensor = torch.randint(0, 2, tuple(item.shape or ()), generator=gen).bool()

@@ -85,14 +85,21 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 @signals.worker_process_init.connect
-def _limit_torch_threads(**_: Any) -> None:
-    """One share of the cores per pool process, so concurrent exports don't oversubscribe."""
+def _init_pool_process(**_: Any) -> None:
+    """Per pool process: one share of the cores for torch, so concurrent exports don't
+    oversubscribe; and on GPU hosts, one GPU (pool process N owns GPU N mod count)."""
     import torch
+    from billiard.process import current_process
+
+    from . import builders
 
     settings: Settings = app.conf.export_settings
     concurrency = max(1, int(app.conf.worker_concurrency or os.cpu_count() or 1))
     threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // concurrency)
     torch.set_num_threads(threads)
+    index = getattr(current_process(), "index", None)
+    if index is not None and cuda_available():
+        builders.assigned_gpu = int(index) % max(1, torch.cuda.device_count())
 
 
 app = create_app()

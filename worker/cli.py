@@ -94,21 +94,10 @@ def _load_spec_file(path: str) -> dict[str, Any]:
     return data
 
 
-def submit_spec(spec: dict[str, Any]) -> Any:
-    """Validate ``spec`` here, then enqueue it on the queue its device picks.
-
-    Raises:
-        SpecError: the spec is invalid (nothing is sent).
-    """
-    from .spec import parse_spec
-    from .tasks import export_model
-
-    parsed = parse_spec(spec)
-    return export_model.apply_async(args=[parsed.to_json_dict()], queue=parsed.queue)
-
-
 def _submit(args: argparse.Namespace) -> int:
-    result = submit_spec(_load_spec_file(args.spec))
+    from .tasks import submit_export
+
+    result = submit_export(_load_spec_file(args.spec))
     console.print(f"submitted {result.id}")
     if not args.wait:
         out.print(result.id)
@@ -227,6 +216,7 @@ def _run_demo(args: argparse.Namespace, proc: Any, log_path: str) -> int:
     from .builders import example_inputs
     from .celery import app
     from .spec import parse_spec
+    from .tasks import submit_export
 
     with console.status("starting a worker (celery -A worker worker -Q cpu)"):
         deadline = time.monotonic() + WORKER_START_TIMEOUT
@@ -239,7 +229,7 @@ def _run_demo(args: argparse.Namespace, proc: Any, log_path: str) -> int:
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=args.bucket)
     spec = {**DEMO_SPEC, "destination": f"s3://{args.bucket}/demo"}
-    result = submit_spec(spec)
+    result = submit_export(spec)
     console.print(f"submitted export_model {result.id}")
     value = wait_with_progress(result, 300)
     console.print(f"stored {value['artifact_uri']} ({value['size']} bytes, sha256 {value['sha256'][:16]}...)")

@@ -17,6 +17,16 @@ from .errors import SpecError
 #: dtypes an example input may have (names as torch spells them).
 DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"})
 INT_DTYPES = frozenset({"int8", "uint8", "int16", "int32", "int64"})
+#: Smallest and largest value of each integer dtype.
+INT_RANGES = {
+    "int8": (-(2**7), 2**7 - 1),
+    "uint8": (0, 2**8 - 1),
+    "int16": (-(2**15), 2**15 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+}
+#: Bounds ``[low, high)`` of synthesized integer inputs where the spec gives none, clipped to the dtype.
+DEFAULT_INT_BOUNDS = (0, 100)
 #: Largest synthesized example input, in elements (64 Mi floats = 256 MiB): an example
 #: input is for tracing and checking, not a data set.
 MAX_INPUT_ELEMENTS = 64 * 1024**2
@@ -65,7 +75,28 @@ class TensorSpec(_Strict):
             raise ValueError("'low'/'high' apply to integer dtypes only")
         if self.low is not None and self.high is not None and not self.low < self.high:
             raise ValueError("'low' must be below 'high'")
+        if self.dtype in INT_DTYPES and self.shape is not None:
+            for field in ("low", "high"):
+                bound = getattr(self, field)
+                if bound is not None and not float(bound).is_integer():
+                    raise ValueError(f"{field!r} must be a whole number for {self.dtype}, got {bound}")
+            low, high = self.int_bounds()
+            smallest, largest = INT_RANGES[self.dtype]
+            # torch.randint's high is exclusive, and must itself fit in an int64.
+            if not smallest <= low < high <= min(largest + 1, INT_RANGES["int64"][1]):
+                raise ValueError(
+                    f"'low'/'high' give [{low}, {high}), which is empty or outside {self.dtype} "
+                    f"([{smallest}, {largest}]); the defaults are [{DEFAULT_INT_BOUNDS[0]}, {DEFAULT_INT_BOUNDS[1]})"
+                )
         return self
+
+    def int_bounds(self) -> tuple[int, int]:
+        """``[low, high)`` of a synthesized integer input: the given bounds, else the defaults
+        clipped to the dtype."""
+        smallest, largest = INT_RANGES[self.dtype]
+        low = int(self.low) if self.low is not None else max(smallest, DEFAULT_INT_BOUNDS[0])
+        high = int(self.high) if self.high is not None else min(largest, DEFAULT_INT_BOUNDS[1])
+        return low, high
 
 
 class ExtraText(_Strict):
@@ -110,14 +141,14 @@ class ExportSpec(_Strict):
     @field_validator("builder")
     @classmethod
     def _builder(cls, v: str) -> str:
-        if not _BUILDER_RE.match(v):
+        if not _BUILDER_RE.fullmatch(v):
             raise ValueError(f"builder must look like 'package.module:callable', got {v!r}")
         return v
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not _DEVICE_RE.match(v):
+        if not _DEVICE_RE.fullmatch(v):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {v!r}")
         return v
 

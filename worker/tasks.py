@@ -20,7 +20,7 @@ from .celery import app
 from .errors import ExportError
 from .job import Stage, run_export
 from .settings import Settings
-from .spec import parse_spec
+from .spec import ExportSpec, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +74,20 @@ def export_model(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
             log.warning("export %s: transient error, retry in %.1f s: %s", parsed.name, delay, exc)
             raise self.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries) from exc
         raise
+
+
+def submit_export(spec: dict[str, Any] | ExportSpec, **options: Any) -> Any:
+    """Validate ``spec`` here, then enqueue ``export_model`` on the queue its device picks.
+
+    A bad spec fails at once, in the caller, instead of on a worker.  ``options`` go to
+    ``apply_async`` (``countdown``, ``priority``...).
+
+    Returns:
+        The ``AsyncResult``.
+
+    Raises:
+        SpecError: naming each bad field; nothing is sent.
+    """
+    parsed = parse_spec(spec)
+    options.setdefault("queue", parsed.queue)
+    return export_model.apply_async(args=[parsed.to_json_dict()], **options)
