@@ -106,3 +106,72 @@ class RepeatInt(nn.Module):
 
     def forward(self, n: int) -> torch.Tensor:
         return self.base.repeat(n) * n
+
+
+# -- builders named by export specs (module "tests.fixtures", allowed in the worker tests) --
+
+
+def tiny_linear(in_features: int = 4, out_features: int = 3, seed: int = 0) -> nn.Module:
+    """A :class:`TinyLinear`, as a spec's builder."""
+    return TinyLinear(in_features, out_features, seed)
+
+
+class TokenSum(nn.Module):
+    """Embeds integer token ids and sums them: fails on ids outside ``[0, vocab)``."""
+
+    def __init__(self, vocab: int = 10, dim: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim)
+        with torch.no_grad():
+            self.embedding.weight.copy_(torch.randn(vocab, dim, generator=torch.Generator().manual_seed(seed)))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding(ids).sum(dim=-2)
+
+
+def token_sum(vocab: int = 10, dim: int = 3, seed: int = 0) -> nn.Module:
+    """A :class:`TokenSum`, as a spec's builder."""
+    return TokenSum(vocab, dim, seed)
+
+
+class TwoInputs(nn.Module):
+    """``x @ w + bias[ids].sum(-1)``: a float input and an integer input."""
+
+    def __init__(self, features: int = 4, vocab: int = 8) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(3)
+        self.w = nn.Parameter(torch.randn(features, 2, generator=generator))
+        self.bias = nn.Parameter(torch.randn(vocab, generator=generator))
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return x @ self.w + self.bias[ids].sum(-1, keepdim=True)
+
+
+def two_inputs(features: int = 4, vocab: int = 8) -> nn.Module:
+    """A :class:`TwoInputs`, as a spec's builder."""
+    return TwoInputs(features, vocab)
+
+
+class Unscriptable(nn.Module):
+    """Plain eager Python that TorchScript rejects (``try`` blocks are not supported)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return x + 1
+        except RuntimeError:
+            return x
+
+
+def unscriptable() -> nn.Module:
+    """An :class:`Unscriptable`, as a spec's builder."""
+    return Unscriptable()
+
+
+def param_blob(total_bytes: int, n_params: int = 3, seed: int = 0) -> nn.Module:
+    """A :class:`ParamBlob`, as a spec's builder."""
+    return ParamBlob(total_bytes, n_params, seed)
+
+
+def not_a_module() -> object:
+    """A builder that returns something other than a module."""
+    return {"not": "a module"}

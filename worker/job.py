@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from serializer.s3uri import parse_s3_uri
 from serializer.torchscript import UploadOptions, export_torchscript
 
 from .builders import build_module, example_inputs, load_weights, resolve_device, to_torchscript
-from .errors import ExportConflict, SpecError, VerificationFailed
+from .errors import BuildFailed, ExportConflict, SpecError, VerificationFailed
 from .settings import Settings
 from .spec import ExportSpec, ExtraBase64, ExtraText, ExtraURI
 
@@ -205,8 +206,11 @@ def run_export(
         load_weights(module, client, spec.weights, settings.spool_dir)
     module = module.to(device).eval()
     inputs = example_inputs(spec.example_inputs or [], spec.seed, device)
-    with torch.no_grad():
-        reference = module(*inputs) if inputs else None
+    try:
+        with torch.no_grad():
+            reference = module(*inputs) if inputs else None
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # not a time limit
+        raise BuildFailed(f"example_inputs: the eager module fails on them: {exc}") from exc
 
     report(Stage.SCRIPTING, {})
     scripted = to_torchscript(module, spec.method, inputs)
@@ -219,14 +223,21 @@ def run_export(
 
     state: dict[str, Any] = {"bytes": 0, "total": None}
     report(Stage.UPLOADING, dict(state))
+    # Parts land on the upload's threads, some possibly just after the upload returned:
+    # counted and reported under a lock, in order, and never after the next stage's report.
+    lock = threading.Lock()
+    uploading = [True]
 
     def on_size(total: int) -> None:
-        state["total"] = total
-        report(Stage.UPLOADING, dict(state))
+        with lock:
+            state["total"] = total
+            report(Stage.UPLOADING, dict(state))
 
     def on_bytes(n: int) -> None:
-        state["bytes"] += n
-        report(Stage.UPLOADING, dict(state))
+        with lock:
+            state["bytes"] += n
+            if uploading[0]:
+                report(Stage.UPLOADING, dict(state))
 
     try:
         info = export_torchscript(
@@ -247,6 +258,9 @@ def run_export(
         )
     except ObjectExists:
         return _await_winner(client, keys)
+    finally:
+        with lock:
+            uploading[0] = False
 
     try:
         verification = None

@@ -64,6 +64,8 @@ class TensorSpec(_Strict):
     def _shape_or_value(self) -> TensorSpec:
         if (self.shape is None) == (self.value is None):
             raise ValueError("give exactly one of 'shape' (synthesized) or 'value' (nested list)")
+        if self.value is not None and (self.low is not None or self.high is not None):
+            raise ValueError("'low'/'high' apply to synthesized inputs, not to a given 'value'")
         if self.shape is not None:
             if len(self.shape) > MAX_DIMS:
                 raise ValueError(f"at most {MAX_DIMS} dimensions, got {len(self.shape)}")
@@ -137,6 +139,14 @@ class ExportSpec(_Strict):
     atol: float = Field(default=1e-5, ge=0, description="absolute tolerance of the verification")
     rtol: float = Field(default=1e-4, ge=0, description="relative tolerance of the verification")
     seed: int = Field(default=0, ge=0, lt=2**63, description="seed of synthesized example inputs")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        # The name becomes a key segment; "." and ".." would read as path navigation.
+        if v in (".", ".."):
+            raise ValueError(f"name {v!r} is not allowed (it names a directory, not an export)")
+        return v
 
     @field_validator("builder")
     @classmethod

@@ -60,9 +60,12 @@ def export_model(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
     """
     settings: Settings = self.app.conf.export_settings
     parsed = parse_spec(spec)
+    # Taken here: upload progress is reported from the upload's threads, where
+    # ``self.request`` (thread-local) has no id.
+    task_id = self.request.id
 
     def progress(stage: Stage, info: dict[str, Any]) -> None:
-        self.update_state(state="PROGRESS", meta={"stage": stage.value, "name": parsed.name, **info})
+        self.update_state(task_id=task_id, state="PROGRESS", meta={"stage": stage.value, "name": parsed.name, **info})
 
     try:
         return run_export(parsed, settings=settings, client=s3_client(settings), progress=progress)
