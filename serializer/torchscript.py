@@ -157,7 +157,9 @@ def _upload_file(
     extras: Mapping[str, bytes],
 ) -> tuple[UploadResult, ZipIndex]:
     size = os.path.getsize(path)
-    indexer = ZipStreamIndexer()
+    # The spool can be read again, so local headers are read from it at the end instead of
+    # searched for in every byte.
+    indexer = ZipStreamIndexer(scan_headers=False)
     writer = MultipartWriter(
         client,
         bucket,
@@ -177,11 +179,14 @@ def _upload_file(
         with contextlib.suppress(AttributeError, OSError):
             # The spool is read once; keep it from crowding the page cache.
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+        def read_at(offset: int, n: int) -> bytes:
+            return os.pread(f.fileno(), n, offset)
+
         try:
-            index = indexer.finish()
+            index = indexer.finish(read_at=read_at)
         except CentralDirectoryTooLarge as exc:
-            f.seek(-exc.needed, os.SEEK_END)
-            index = indexer.finish(tail=f.read(exc.needed))
+            index = indexer.finish(tail=read_at(size - exc.needed, exc.needed), read_at=read_at)
         # Checked before commit, so a malformed archive is never published.
         check_extras(index, extras)
     assert writer.result is not None

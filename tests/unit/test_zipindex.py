@@ -311,3 +311,27 @@ def test_too_large_central_directory_says_how_much_tail_to_reread(many_records: 
     # Given the tail re-read from a seekable source, the same indexer completes.
     index = indexer.finish(tail=data[-info.value.needed :])
     assert [r.name for r in index.records] == names
+
+
+@pytest.mark.parametrize("chunk", [4096, 0])
+def test_without_scanning_headers_are_read_back_from_the_source(torch_archive: bytes, chunk: int) -> None:
+    scanned = index_of(torch_archive, chunk)
+    indexer = ZipStreamIndexer(scan_headers=False)
+    for piece in pieces(torch_archive, chunk):
+        indexer.feed(piece)
+    reads: list[tuple[int, int]] = []
+
+    def read_at(offset: int, n: int) -> bytes:
+        reads.append((offset, n))
+        return torch_archive[offset : offset + n]
+
+    index = indexer.finish(read_at=read_at)
+    assert index.records == scanned.records
+    assert len(reads) == len(index.records)
+
+
+def test_without_scanning_and_no_source_the_headers_are_missing(torch_archive: bytes) -> None:
+    indexer = ZipStreamIndexer(scan_headers=False)
+    indexer.feed(torch_archive)
+    with pytest.raises(ArchiveError, match="local header of"):
+        indexer.finish()
