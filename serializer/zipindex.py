@@ -143,43 +143,93 @@ class ZipStreamIndexer:
             self._chunks.clear()
             self._kept = 0
         tail_start = self._offset - len(tail)
-        eocd = tail.rfind(_EOCD_SIG, max(0, len(tail) - _EOCD_LEN - 65535))
-        if eocd < 0 or eocd + _EOCD_LEN > len(tail):
-            raise ArchiveError("not a zip archive: no end-of-central-directory record")
-        count, cd_size, cd_offset = struct.unpack_from("<HII", tail, eocd + 10)
-        if 0xFFFFFFFF in (cd_size, cd_offset) or count == 0xFFFF:
-            count, cd_size, cd_offset = _zip64_eocd(tail, eocd, tail_start)
-        if cd_offset < tail_start:
-            raise CentralDirectoryTooLarge(
-                f"central directory of {cd_size} bytes is larger than the {len(tail)}-byte tail kept; raise tail_limit",
-                needed=self._offset - cd_offset,
-            )
-        pos = cd_offset - tail_start
         records = []
-        for _ in range(count):
-            if tail[pos : pos + 4] != _CENTRAL_SIG:
-                raise ArchiveError(f"corrupt central directory at offset {pos + tail_start}")
-            (method, crc, csize, usize, nlen, elen, clen) = struct.unpack_from("<10xH4xIIIHHH", tail, pos)
-            (header_offset,) = struct.unpack_from("<I", tail, pos + 42)
-            name_bytes = tail[pos + _CENTRAL_LEN : pos + _CENTRAL_LEN + nlen]
-            extra = tail[pos + _CENTRAL_LEN + nlen : pos + _CENTRAL_LEN + nlen + elen]
-            usize, csize, header_offset = _apply_zip64(extra, usize, csize, header_offset)
-            local = self._headers.get(header_offset)
+        for entry in parse_central_directory(tail, self._offset):
+            name_bytes = entry.name.encode("utf-8")
+            local = self._headers.get(entry.header_offset)
             if local is None and read_at is not None:
-                raw = read_at(header_offset, _LOCAL_LEN + nlen)
-                if raw[:4] == _LOCAL_SIG and len(raw) == _LOCAL_LEN + nlen:
+                raw = read_at(entry.header_offset, _LOCAL_LEN + len(name_bytes))
+                if raw[:4] == _LOCAL_SIG and len(raw) == _LOCAL_LEN + len(name_bytes):
                     local = (raw[_LOCAL_LEN:], struct.unpack_from("<H", raw, 28)[0])
             if local is None or local[0] != name_bytes:
-                raise ArchiveError(f"local header of {name_bytes!r} not found at offset {header_offset}")
-            data_offset = header_offset + _LOCAL_LEN + len(name_bytes) + local[1]
-            records.append(ZipRecord(name_bytes.decode("utf-8"), header_offset, data_offset, csize, usize, crc, method))
-            pos += _CENTRAL_LEN + nlen + elen + clen
+                raise ArchiveError(f"local header of {name_bytes!r} not found at offset {entry.header_offset}")
+            data_offset = entry.header_offset + _LOCAL_LEN + len(name_bytes) + local[1]
+            records.append(
+                ZipRecord(
+                    entry.name,
+                    entry.header_offset,
+                    data_offset,
+                    entry.compressed_size,
+                    entry.size,
+                    entry.crc32,
+                    entry.method,
+                )
+            )
         small = {
             r.name: tail[r.data_offset - tail_start : r.data_offset - tail_start + r.size]
             for r in records
             if r.method == 0 and r.size <= SMALL_RECORD and r.data_offset >= tail_start
         }
         return ZipIndex(tuple(records), small, self._offset)
+
+
+@dataclass(frozen=True)
+class CentralEntry:
+    """A central-directory entry: where a record's local header is, and its sizes."""
+
+    name: str
+    header_offset: int
+    compressed_size: int
+    size: int
+    crc32: int
+    method: int
+
+
+def parse_central_directory(tail: bytes, total: int) -> list[CentralEntry]:
+    """The central directory of a zip of ``total`` bytes, from its last ``len(tail)`` bytes.
+
+    Raises:
+        CentralDirectoryTooLarge: the directory starts before ``tail``; ``needed`` says how
+            many bytes from the end hold it.
+        ArchiveError: not a zip.
+    """
+    tail_start = total - len(tail)
+    eocd = tail.rfind(_EOCD_SIG, max(0, len(tail) - _EOCD_LEN - 65535))
+    if eocd < 0 or eocd + _EOCD_LEN > len(tail):
+        raise ArchiveError("not a zip archive: no end-of-central-directory record")
+    count, cd_size, cd_offset = struct.unpack_from("<HII", tail, eocd + 10)
+    if 0xFFFFFFFF in (cd_size, cd_offset) or count == 0xFFFF:
+        count, cd_size, cd_offset = _zip64_eocd(tail, eocd, tail_start)
+    if cd_offset < tail_start:
+        raise CentralDirectoryTooLarge(
+            f"central directory of {cd_size} bytes is larger than the {len(tail)}-byte tail kept; raise tail_limit",
+            needed=total - cd_offset,
+        )
+    pos = cd_offset - tail_start
+    entries = []
+    for _ in range(count):
+        if tail[pos : pos + 4] != _CENTRAL_SIG:
+            raise ArchiveError(f"corrupt central directory at offset {pos + tail_start}")
+        (method, crc, csize, usize, nlen, elen, clen) = struct.unpack_from("<10xH4xIIIHHH", tail, pos)
+        (header_offset,) = struct.unpack_from("<I", tail, pos + 42)
+        name_bytes = tail[pos + _CENTRAL_LEN : pos + _CENTRAL_LEN + nlen]
+        extra = tail[pos + _CENTRAL_LEN + nlen : pos + _CENTRAL_LEN + nlen + elen]
+        usize, csize, header_offset = _apply_zip64(extra, usize, csize, header_offset)
+        entries.append(CentralEntry(name_bytes.decode("utf-8"), header_offset, csize, usize, crc, method))
+        pos += _CENTRAL_LEN + nlen + elen + clen
+    return entries
+
+
+def local_data_offset(header: bytes, header_offset: int) -> int:
+    """Where a record's data starts, from the first bytes of its local header.
+
+    Raises:
+        ArchiveError: ``header`` is not a local file header.
+    """
+    if len(header) < _LOCAL_LEN or header[:4] != _LOCAL_SIG:
+        raise ArchiveError(f"no local file header at offset {header_offset}")
+    name_len, extra_len = struct.unpack_from("<HH", header, 26)
+    return int(header_offset + _LOCAL_LEN + name_len + extra_len)
 
 
 def _zip64_eocd(tail: bytes, eocd: int, tail_start: int) -> tuple[int, int, int]:
