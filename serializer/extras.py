@@ -14,6 +14,12 @@ from .errors import InvalidExtraFile
 MAX_NAME_BYTES = 255
 #: Name of the manifest stored next to each artifact; an extra file may not take it.
 MANIFEST_NAME = "manifest.json"
+#: Folder of the export's own build record inside the archive's extra files (spec and
+#: producer, example inputs, reference outputs); spec extra files may not use it.
+BUILD_RECORD_DIR = "export_worker"
+BUILD_JSON = f"{BUILD_RECORD_DIR}/build.json"
+EXAMPLE_INPUTS = f"{BUILD_RECORD_DIR}/example_inputs.pt"
+REFERENCE_OUTPUTS = f"{BUILD_RECORD_DIR}/reference_outputs.pt"
 #: Names the service writes into archives itself.
 RESERVED_NAMES = frozenset({MANIFEST_NAME})
 #: Unicode categories refused in names: controls, format characters (bidi overrides,

@@ -12,30 +12,27 @@ from typing import Any
 import torch
 
 from .errors import ArchiveError
+from .reader import iter_object
 from .s3uri import parse_s3_uri
 from .torchscript import quiet_torchscript_deprecation
 
-#: Bytes read per chunk when downloading an archive.
-DOWNLOAD_CHUNK = 1024**2
-
 
 def download_checked(client: Any, uri: str, path: str, *, sha256: str | None = None, size: int | None = None) -> None:
-    """Stream the object at ``uri`` to ``path``, checking its size and sha256 as it arrives.
+    """Stream the object at ``uri`` to ``path`` by parallel ranged GETs (bounded memory),
+    checking its size and sha256 as it arrives.
 
     Raises:
         ArchiveError: the bytes differ from what was expected.
     """
     target = parse_s3_uri(uri)
+    stored = int(client.head_object(Bucket=target.bucket, Key=target.key)["ContentLength"])
+    if size is not None and stored != size:
+        raise ArchiveError(f"{uri}: {stored} bytes stored, {size} expected")
     digest = hashlib.sha256()
-    got = 0
-    body = client.get_object(Bucket=target.bucket, Key=target.key)["Body"]
     with open(path, "wb") as out:
-        for chunk in body.iter_chunks(DOWNLOAD_CHUNK):
+        for chunk in iter_object(client, uri, stored):
             digest.update(chunk)
-            got += len(chunk)
             out.write(chunk)
-    if size is not None and got != size:
-        raise ArchiveError(f"{uri}: {got} bytes stored, {size} expected")
     if sha256 is not None and digest.hexdigest() != sha256:
         raise ArchiveError(f"{uri}: sha256 {digest.hexdigest()} differs from the expected {sha256}")
 

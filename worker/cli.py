@@ -24,7 +24,7 @@ from serializer.errors import SerializerError
 from .errors import ExportError
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)
 
 #: Seconds between polls of a job's state while waiting.
 POLL_INTERVAL = 0.2
@@ -69,11 +69,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("uri", help="s3:// URI of the artifact (.pt) or its manifest")
     show.add_argument("--json", action="store_true", help="raw canonical JSON")
 
+    ls = sub.add_parser("ls", help="list the exports under a prefix")
+    ls.add_argument("prefix", help="s3://bucket/prefix")
+    ls.add_argument("--json", action="store_true", help="one JSON object per export, for scripts")
+
+    verify = sub.add_parser("verify", help="check an artifact: manifest, compatibility, checksum, load, self-check")
+    verify.add_argument("uri", help="s3:// URI of the artifact (.pt) or its manifest")
+
+    extra = sub.add_parser("extra", help="write one extra file's bytes to stdout (range reads)")
+    extra.add_argument("uri", help="s3:// URI of the artifact (.pt)")
+    extra.add_argument("name", help="the extra file's name in the archive")
+    extra.add_argument("--no-manifest", action="store_true", help="find it from the zip's directory, not the manifest")
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    handlers = {"demo": _demo, "submit": _submit, "status": _status, "show": _show}
+    handlers = {
+        "demo": _demo,
+        "submit": _submit,
+        "status": _status,
+        "show": _show,
+        "ls": _ls,
+        "verify": _verify,
+        "extra": _extra,
+    }
     try:
         return handlers[args.command](args)
     except (CommandError, ExportError, SerializerError, ValueError, BotoCoreError, ClientError, OSError) as exc:
@@ -166,6 +186,87 @@ def _show(args: argparse.Namespace) -> int:
         sys.stdout.write(manifest.to_json().decode() + "\n")
     else:
         out.print(JSON(manifest.to_json().decode(), sort_keys=True), soft_wrap=True)
+    return 0
+
+
+def list_manifests(client: Any, prefix_uri: str) -> Iterator[str]:
+    """URIs of every manifest under ``s3://bucket/prefix``, paging through the listing."""
+    from serializer.manifest import MANIFEST_SUFFIX
+    from serializer.s3uri import parse_s3_uri
+
+    prefix = parse_s3_uri(prefix_uri, require_key=False)
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=prefix.key)
+    for page in pages:
+        for item in page.get("Contents", []):
+            if item["Key"].endswith(MANIFEST_SUFFIX):
+                yield f"s3://{prefix.bucket}/{item['Key']}"
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from serializer.client import make_s3_client
+    from serializer.manifest import read_manifest
+
+    client = make_s3_client()
+    rows = []
+    for uri in list_manifests(client, args.prefix):
+        m = read_manifest(client, uri)
+        rows.append(
+            {
+                "name": m.spec.get("name", ""),
+                "artifact_uri": m.artifact.uri,
+                "size": m.artifact.size,
+                "torch": m.producer.torch,
+                "format_version": m.artifact.format_version,
+                "created_at": m.created_at.isoformat(),
+                "verified": None if m.verification is None else m.verification.passed,
+            }
+        )
+    if args.json:
+        for row in rows:
+            sys.stdout.write(json.dumps(row, sort_keys=True) + "\n")
+        return 0
+    table = Table("name", "size", "torch", "created", "verified", "artifact")
+    for row in rows:
+        verified = {None: "-", True: "[green]yes[/green]", False: "[red]no[/red]"}[row["verified"]]
+        table.add_row(
+            row["name"], f"{row['size']:,}", row["torch"], row["created_at"][:19], verified, row["artifact_uri"]
+        )
+    out.print(table)
+    console.print(f"{len(rows)} exports under {args.prefix}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from serializer.client import make_s3_client
+    from serializer.verify import verify_artifact
+
+    columns = (TextColumn("downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("download", total=None)
+        report = verify_artifact(
+            make_s3_client(),
+            args.uri,
+            progress=lambda n: bar.advance(task, n),
+            on_manifest=lambda m: bar.update(task, total=m.artifact.size),
+        )
+    for step in report.steps:
+        mark = "[green]ok[/green]  " if step.ok else "[red]FAIL[/red]"
+        out.print(f"{mark} {step.name:<13} {step.detail}")
+    out.print(f"{'verified' if report.ok else 'NOT verified'}: {args.uri}")
+    return 0 if report.ok else 1
+
+
+def _extra(args: argparse.Namespace) -> int:
+    from serializer.client import make_s3_client
+    from serializer.manifest import read_manifest
+    from serializer.reader import read_extra_file
+
+    client = make_s3_client()
+    manifest = None if args.no_manifest else read_manifest(client, args.uri)
+    sys.stdout.buffer.write(read_extra_file(client, args.uri, args.name, manifest=manifest))
+    sys.stdout.buffer.flush()
     return 0
 
 

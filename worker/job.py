@@ -18,7 +18,7 @@ import torch
 
 from serializer.archive import ArchiveInfo
 from serializer.errors import ManifestError, ObjectExists
-from serializer.extras import decode_base64
+from serializer.extras import BUILD_JSON, BUILD_RECORD_DIR, EXAMPLE_INPUTS, REFERENCE_OUTPUTS, decode_base64
 from serializer.loading import compare_outputs, load_artifact
 from serializer.manifest import (
     Manifest,
@@ -40,9 +40,6 @@ from .spec import ExportSpec, ExtraBase64, ExtraText, ExtraURI
 
 log = logging.getLogger(__name__)
 
-#: Folder inside the archive's extra files where the export's own build record goes;
-#: spec extra files may not use it.
-BUILD_RECORD_DIR = "export_worker"
 #: Largest extra file fetched from S3 for a spec.
 MAX_EXTRA_FROM_S3 = 256 * 1024**2
 #: Seconds a job that lost the publish race waits for the winner's manifest.
@@ -134,9 +131,9 @@ def build_record(
     module's outputs (``torch.save``, loadable with ``weights_only=True``)."""
     cpu_out = _to_cpu(outputs)
     return {
-        f"{BUILD_RECORD_DIR}/build.json": canonical_json({"spec": spec.to_json_dict(), "producer": producer}),
-        f"{BUILD_RECORD_DIR}/example_inputs.pt": _tensor_file([t.detach().cpu() for t in inputs]),
-        f"{BUILD_RECORD_DIR}/reference_outputs.pt": _tensor_file(cpu_out),
+        BUILD_JSON: canonical_json({"spec": spec.to_json_dict(), "producer": producer}),
+        EXAMPLE_INPUTS: _tensor_file([t.detach().cpu() for t in inputs]),
+        REFERENCE_OUTPUTS: _tensor_file(cpu_out),
     }
 
 
@@ -217,9 +214,7 @@ def run_export(
     if inputs:
         extras.update(build_record(spec, producer.model_dump(), inputs, reference))
     else:
-        extras[f"{BUILD_RECORD_DIR}/build.json"] = canonical_json(
-            {"spec": spec.to_json_dict(), "producer": producer.model_dump()}
-        )
+        extras[BUILD_JSON] = canonical_json({"spec": spec.to_json_dict(), "producer": producer.model_dump()})
 
     state: dict[str, Any] = {"bytes": 0, "total": None}
     report(Stage.UPLOADING, dict(state))

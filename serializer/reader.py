@@ -1,0 +1,201 @@
+"""The consumer side: checked downloads, extra files by range reads, compatibility pre-checks.
+
+Nothing here needs Celery; only :func:`self_check` needs torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+from .errors import ArchiveError, ManifestError
+from .manifest import Manifest
+from .s3uri import parse_s3_uri
+from .zipindex import CentralDirectoryTooLarge, local_data_offset, parse_central_directory
+
+#: Bytes per ranged GET when downloading an archive.
+RANGE_SIZE = 8 * 1024**2
+#: Ranged GETs in flight; memory is at most ``RANGE_SIZE * (RANGE_IN_FLIGHT + 1)``.
+RANGE_IN_FLIGHT = 4
+#: First read from an archive's end when no manifest gives the offsets: the end record
+#: and the central directory of a typical model (~100 bytes a record) fit in it.
+TAIL_READ = 64 * 1024
+#: Local header slack read with a record's data: name and PyTorch's alignment padding.
+HEADER_SLACK = 30 + 1024 + 128
+
+
+def iter_object(
+    client: Any,
+    uri: str,
+    size: int,
+    *,
+    range_size: int = RANGE_SIZE,
+    max_in_flight: int = RANGE_IN_FLIGHT,
+) -> Iterator[bytes]:
+    """The bytes of an object of ``size`` bytes, in order, fetched by parallel ranged GETs.
+
+    At most ``max_in_flight`` ranges are fetched ahead of the consumer.
+    """
+    target = parse_s3_uri(uri)
+
+    def fetch(start: int) -> bytes:
+        end = min(size, start + range_size) - 1
+        resp = client.get_object(Bucket=target.bucket, Key=target.key, Range=f"bytes={start}-{end}")
+        return bytes(resp["Body"].read())
+
+    if size == 0:
+        return
+    with ThreadPoolExecutor(max_in_flight, thread_name_prefix="s3-range") as pool:
+        starts = iter(range(0, size, range_size))
+        window: deque[Future[bytes]] = deque(
+            pool.submit(fetch, s) for s, _ in zip(starts, range(max_in_flight), strict=False)
+        )
+        try:
+            while window:
+                chunk = window.popleft().result()
+                nxt = next(starts, None)
+                if nxt is not None:
+                    window.append(pool.submit(fetch, nxt))
+                yield chunk
+        finally:
+            for future in window:
+                future.cancel()
+
+
+def read_checked(
+    client: Any,
+    uri: str,
+    *,
+    size: int,
+    sha256: str,
+    sink: Callable[[bytes], object],
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Stream the object at ``uri`` into ``sink``, checking size and sha256 as it arrives.
+
+    Raises:
+        ArchiveError: the stored bytes differ from the manifest's (size or sha256).
+    """
+    digest = hashlib.sha256()
+    got = 0
+    for chunk in iter_object(client, uri, size):
+        digest.update(chunk)
+        got += len(chunk)
+        sink(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    if got != size:
+        raise ArchiveError(f"{uri}: read {got} bytes, the manifest says {size}")
+    if digest.hexdigest() != sha256:
+        raise ArchiveError(
+            f"{uri}: sha256 {digest.hexdigest()} differs from the manifest's {sha256}; the object is corrupt"
+        )
+
+
+def _get_range(client: Any, uri: str, spec: str) -> tuple[bytes, int]:
+    target = parse_s3_uri(uri)
+    resp = client.get_object(Bucket=target.bucket, Key=target.key, Range=spec)
+    total = int(str(resp.get("ContentRange", "/0")).rsplit("/", 1)[-1])
+    return bytes(resp["Body"].read()), total
+
+
+def read_extra_file(client: Any, uri: str, name: str, *, manifest: Manifest | None = None) -> bytes:
+    """One extra file of an archive, by HTTP range requests, without downloading the archive.
+
+    With the manifest, one GET at the recorded offset (checked against its sha256);
+    without, the zip's end is read to find the record (2 GETs, 3 for a central directory
+    over 64 KiB), checked against its CRC.
+
+    Raises:
+        ArchiveError: no such extra file, or its bytes do not match.
+    """
+    if manifest is not None:
+        listed = next((e for e in manifest.extra_files if e.name == name), None)
+        if listed is None:
+            raise ArchiveError(f"{uri} has no extra file {name!r} (it has {[e.name for e in manifest.extra_files]})")
+        if listed.size == 0:
+            return b""
+        data, _ = _get_range(client, uri, f"bytes={listed.offset}-{listed.offset + listed.size - 1}")
+        if hashlib.sha256(data).hexdigest() != listed.sha256:
+            raise ArchiveError(f"extra file {name!r} of {uri} differs from its manifest sha256")
+        return data
+
+    tail, total = _get_range(client, uri, f"bytes=-{TAIL_READ}")
+    try:
+        entries = parse_central_directory(tail, total)
+    except CentralDirectoryTooLarge as exc:
+        tail, total = _get_range(client, uri, f"bytes=-{exc.needed}")
+        entries = parse_central_directory(tail, total)
+    entry = next((e for e in entries if e.name.split("/", 1)[-1] == f"extra/{name}"), None)
+    if entry is None:
+        raise ArchiveError(f"{uri} has no extra file {name!r}")
+    if entry.method != 0:
+        raise ArchiveError(f"extra file {name!r} of {uri} is compressed; cannot range-read it")
+    end = min(total, entry.header_offset + HEADER_SLACK + entry.compressed_size) - 1
+    raw, _ = _get_range(client, uri, f"bytes={entry.header_offset}-{end}")
+    start = local_data_offset(raw, entry.header_offset) - entry.header_offset
+    data = raw[start : start + entry.size]
+    if len(data) != entry.size or zlib.crc32(data) != entry.crc32:
+        raise ArchiveError(f"extra file {name!r} of {uri} does not match its CRC")
+    return data
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    """Whether this torch can load an archive, and why (not)."""
+
+    ok: bool
+    reason: str
+
+
+def check_compatibility(manifest: Manifest, *, local_torch: str, max_format_version: int) -> Compatibility:
+    """Decide from the manifest alone, before anything is downloaded, whether an archive loads here.
+
+    ``local_torch`` and ``max_format_version`` describe the reading side (for this process:
+    :func:`local_reader`).
+    """
+    made_by = manifest.producer.torch
+    version = manifest.artifact.format_version
+    if version > max_format_version:
+        return Compatibility(
+            False,
+            f"made by torch {made_by} with format version {version}; this torch ({local_torch}) reads up to "
+            f"{max_format_version}: upgrade torch to load it",
+        )
+    try:
+        newer = Version(made_by.split("+")[0]) > Version(local_torch.split("+", maxsplit=1)[0])
+    except InvalidVersion:
+        newer = False
+    if newer:
+        return Compatibility(
+            True,
+            f"made by a newer torch ({made_by}) than this one ({local_torch}); its format version {version} is "
+            f"within what this torch reads (up to {max_format_version}), but operators it uses may be unknown here",
+        )
+    return Compatibility(
+        True, f"format version {version} (made by torch {made_by}); this torch reads up to {max_format_version}"
+    )
+
+
+def local_reader() -> tuple[str, int]:
+    """This process's torch version and the highest archive format version it reads."""
+    import torch
+
+    return torch.__version__, int(torch._C._get_max_operator_version())
+
+
+def read_manifest_checked(client: Any, uri: str) -> Manifest:
+    """The manifest for ``uri`` (an artifact's or a manifest's), checked to describe its artifact."""
+    from .manifest import read_manifest
+
+    manifest = read_manifest(client, uri)
+    if uri.endswith(".pt") and manifest.artifact.uri != uri:
+        raise ManifestError(f"manifest next to {uri} describes {manifest.artifact.uri}")
+    return manifest

@@ -1,0 +1,143 @@
+"""Verifying a stored artifact without the model's code: manifest, compatibility, checksum,
+load, extra files, and a run on the example inputs stored in the archive."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import ArchiveError, SerializerError
+from .extras import BUILD_JSON, EXAMPLE_INPUTS, REFERENCE_OUTPUTS
+from .loading import compare_outputs
+from .manifest import Manifest
+from .reader import check_compatibility, local_reader, read_checked, read_manifest_checked
+from .torchscript import quiet_torchscript_deprecation
+
+#: Tolerances of the self-check when the build record does not state them.
+DEFAULT_ATOL = 1e-5
+DEFAULT_RTOL = 1e-4
+
+
+@dataclass
+class Step:
+    """One check and its outcome."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    """Every check run on an artifact, in order; ``ok`` when all passed."""
+
+    uri: str
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.steps) and all(s.ok for s in self.steps)
+
+    def add(self, name: str, ok: bool, detail: str) -> bool:
+        self.steps.append(Step(name, ok, detail))
+        return ok
+
+
+def self_check(module: Any, extras: dict[str, bytes]) -> tuple[bool, float, float, float, float]:
+    """Run ``module`` on the example inputs stored in its build record and compare with the
+    stored reference outputs, under the tolerances the export used.
+
+    Returns:
+        ``(passed, max_abs_diff, max_rel_diff, atol, rtol)``.
+
+    Raises:
+        ArchiveError: the archive has no build record with example inputs.
+    """
+    if not extras.get(EXAMPLE_INPUTS) or not extras.get(REFERENCE_OUTPUTS):
+        raise ArchiveError("the archive has no example inputs and reference outputs to check against")
+    inputs = torch.load(io.BytesIO(extras[EXAMPLE_INPUTS]), weights_only=True)
+    reference = torch.load(io.BytesIO(extras[REFERENCE_OUTPUTS]), weights_only=True)
+    atol, rtol = DEFAULT_ATOL, DEFAULT_RTOL
+    if extras.get(BUILD_JSON):
+        spec = json.loads(extras[BUILD_JSON]).get("spec", {})
+        atol, rtol = float(spec.get("atol", atol)), float(spec.get("rtol", rtol))
+    with torch.no_grad():
+        actual = module(*inputs)
+    passed, max_abs, max_rel = compare_outputs(reference, actual, atol=atol, rtol=rtol)
+    return passed, max_abs, max_rel, atol, rtol
+
+
+def verify_artifact(
+    client: Any,
+    uri: str,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_manifest: Callable[[Manifest], None] | None = None,
+    spool_dir: str | None = None,
+) -> VerifyReport:
+    """Check an artifact as a consumer would before trusting it; stops at the first failure.
+
+    Steps: manifest (valid, describes this artifact), compatibility with this torch (from
+    the manifest, before downloading), sha256 and size while downloading, ``torch.jit.load``
+    on the CPU, every extra file against the manifest, and the self-check.
+    """
+    report = VerifyReport(uri)
+    try:
+        manifest = read_manifest_checked(client, uri)
+    except SerializerError as exc:
+        report.add("manifest", False, str(exc))
+        return report
+    report.add("manifest", True, f"schema {manifest.schema_version}, {len(manifest.extra_files)} extra files")
+    if on_manifest is not None:
+        on_manifest(manifest)
+    local_torch, max_version = local_reader()
+    compat = check_compatibility(manifest, local_torch=local_torch, max_format_version=max_version)
+    if not report.add("compatibility", compat.ok, compat.reason):
+        return report
+
+    art = manifest.artifact
+    with tempfile.TemporaryDirectory(prefix="export-worker-verify-", dir=spool_dir) as tmp:
+        path = os.path.join(tmp, "archive.pt")
+        try:
+            with open(path, "wb") as out:
+                read_checked(client, art.uri, size=art.size, sha256=art.sha256, sink=out.write, progress=progress)
+        except SerializerError as exc:
+            report.add("checksum", False, str(exc))
+            return report
+        report.add("checksum", True, f"{art.size} bytes, sha256 {art.sha256}")
+        names = [e.name for e in manifest.extra_files]
+        extras: dict[str, Any] = dict.fromkeys([*names, BUILD_JSON, EXAMPLE_INPUTS, REFERENCE_OUTPUTS], "")
+        try:
+            with quiet_torchscript_deprecation():
+                module = torch.jit.load(path, map_location="cpu", _extra_files=extras)  # type: ignore[no-untyped-call]
+        except RuntimeError as exc:
+            report.add("load", False, f"torch.jit.load failed: {exc}")
+            return report
+    report.add("load", True, "torch.jit.load on the CPU")
+    raw = {k: v if isinstance(v, bytes) else str(v).encode() for k, v in extras.items()}
+    bad = [e.name for e in manifest.extra_files if hashlib.sha256(raw.get(e.name, b"")).hexdigest() != e.sha256]
+    if not report.add("extra files", not bad, f"differ from the manifest: {bad}" if bad else f"{len(names)} match"):
+        return report
+    if not raw.get(EXAMPLE_INPUTS):
+        report.add("self-check", True, "skipped: the archive carries no example inputs")
+        return report
+    try:
+        passed, max_abs, max_rel, atol, rtol = self_check(module, raw)
+    except (RuntimeError, ArchiveError) as exc:
+        report.add("self-check", False, f"running the stored example inputs failed: {exc}")
+        return report
+    report.add(
+        "self-check",
+        passed,
+        f"max abs diff {max_abs:g}, max rel diff {max_rel:g} against the stored reference "
+        f"(atol {atol:g}, rtol {rtol:g})",
+    )
+    return report
