@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
@@ -54,9 +55,8 @@ def iter_object(
         return
     with ThreadPoolExecutor(max_in_flight, thread_name_prefix="s3-range") as pool:
         starts = iter(range(0, size, range_size))
-        window: deque[Future[bytes]] = deque(
-            pool.submit(fetch, s) for s, _ in zip(starts, range(max_in_flight), strict=False)
-        )
+        # islice, not zip(starts, range(n)): zip would draw one start too many and drop it.
+        window: deque[Future[bytes]] = deque(pool.submit(fetch, s) for s in islice(starts, max_in_flight))
         try:
             while window:
                 chunk = window.popleft().result()
@@ -83,14 +83,24 @@ def read_checked(
     Raises:
         ArchiveError: the stored bytes differ from the manifest's (size or sha256).
     """
+    from botocore.exceptions import ClientError
+
+    from .retry import error_code
+
     digest = hashlib.sha256()
     got = 0
-    for chunk in iter_object(client, uri, size):
-        digest.update(chunk)
-        got += len(chunk)
-        sink(chunk)
-        if progress is not None:
-            progress(len(chunk))
+    try:
+        for chunk in iter_object(client, uri, size):
+            digest.update(chunk)
+            got += len(chunk)
+            sink(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    except ClientError as exc:
+        if error_code(exc) != "InvalidRange":
+            raise
+        # A range past the stored end: the object is shorter than the manifest says.
+        raise ArchiveError(f"{uri}: shorter than the {size} bytes the manifest says ({error_code(exc)})") from exc
     if got != size:
         raise ArchiveError(f"{uri}: read {got} bytes, the manifest says {size}")
     if digest.hexdigest() != sha256:

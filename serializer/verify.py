@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import ArchiveError, SerializerError
 from .extras import BUILD_JSON, EXAMPLE_INPUTS, REFERENCE_OUTPUTS
@@ -109,7 +110,7 @@ def verify_artifact(
         try:
             with open(path, "wb") as out:
                 read_checked(client, art.uri, size=art.size, sha256=art.sha256, sink=out.write, progress=progress)
-        except SerializerError as exc:
+        except (SerializerError, ClientError, BotoCoreError) as exc:
             report.add("checksum", False, str(exc))
             return report
         report.add("checksum", True, f"{art.size} bytes, sha256 {art.sha256}")

@@ -195,7 +195,9 @@ def list_manifests(client: Any, prefix_uri: str) -> Iterator[str]:
     from serializer.s3uri import parse_s3_uri
 
     prefix = parse_s3_uri(prefix_uri, require_key=False)
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=prefix.key)
+    # A prefix names a folder: s3://b/models lists models/..., not models2/...
+    key = prefix.key if not prefix.key or prefix.key.endswith("/") else prefix.key + "/"
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=key)
     for page in pages:
         for item in page.get("Contents", []):
             if item["Key"].endswith(MANIFEST_SUFFIX):
