@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .errors import ArchiveError
+from .manifest import Manifest
 from .reader import iter_object
 from .s3uri import parse_s3_uri
 from .torchscript import quiet_torchscript_deprecation
@@ -107,3 +108,47 @@ def compare_outputs(expected: Any, actual: Any, *, atol: float, rtol: float) -> 
         max_rel = max(max_rel, float((diff / e.abs().clamp_min(1e-12)).max()))
         passed = passed and bool(torch.allclose(a, e, atol=atol, rtol=rtol, equal_nan=True))
     return passed, max_abs, max_rel
+
+
+def open_artifact(
+    client: Any,
+    uri: str,
+    *,
+    map_location: str | torch.device | None = None,
+    extra_names: Iterable[str] = (),
+    check_compatibility_first: bool = True,
+    spool_dir: str | None = None,
+) -> tuple[torch.jit.ScriptModule, Manifest, dict[str, bytes]]:
+    """Load an artifact the way a consumer should: manifest first, compatibility from the
+    manifest before downloading, then the archive checked against the manifest's size and
+    sha256 while it downloads.
+
+    ``map_location`` goes to ``torch.jit.load``; without one, every module is loaded onto
+    the CPU, whatever device it was saved from.
+
+    Returns:
+        The module, its manifest, and the requested extra files' bytes.
+
+    Raises:
+        ManifestError: no valid manifest for ``uri``.
+        ArchiveError: this torch cannot read the archive (with the reason), or its bytes
+            differ from the manifest's.
+    """
+    from .reader import check_compatibility, local_reader, read_manifest_checked
+
+    manifest = read_manifest_checked(client, uri)
+    if check_compatibility_first:
+        local_torch, max_version = local_reader()
+        verdict = check_compatibility(manifest, local_torch=local_torch, max_format_version=max_version)
+        if not verdict.ok:
+            raise ArchiveError(f"{manifest.artifact.uri}: {verdict.reason}")
+    module, extras = load_artifact(
+        client,
+        manifest.artifact.uri,
+        map_location=map_location,
+        extra_names=extra_names,
+        sha256=manifest.artifact.sha256,
+        size=manifest.artifact.size,
+        spool_dir=spool_dir,
+    )
+    return module, manifest, extras

@@ -350,3 +350,31 @@ def test_download_and_load_check_the_digest(s3: Any, bucket: str, tmp_path: Any)
     with pytest.raises(ArchiveError, match="expected"):
         load_artifact(s3, uri, sha256=info.sha256, size=info.size + 1)
     assert manifest_uri_for(uri).endswith("model.manifest.json")
+
+
+def test_open_artifact_returns_module_and_manifest(s3: Any, bucket: str) -> None:
+    from serializer.loading import open_artifact
+
+    result = export(s3, bucket)
+    module, manifest, extras = open_artifact(s3, result["artifact_uri"], extra_names=["labels.txt"])
+    assert manifest.artifact.uri == result["artifact_uri"]
+    assert manifest.artifact.sha256 == result["sha256"]
+    assert extras["labels.txt"] == LABELS
+    assert all(p.device.type == "cpu" for p in module.parameters())
+
+
+def test_open_artifact_refuses_a_newer_format_before_downloading(s3: Any, bucket: str) -> None:
+    from serializer.errors import ArchiveError
+    from serializer.loading import open_artifact
+    from serializer.manifest import read_manifest, write_manifest
+
+    result = export(s3, bucket, name="newer")
+    manifest = read_manifest(s3, result["manifest_uri"])
+    newer = manifest.model_copy(update={"artifact": manifest.artifact.model_copy(update={"format_version": 99})})
+    write_manifest(s3, result["manifest_uri"], newer)
+    fetched: list[str] = []
+    s3.meta.events.register("before-call.s3.GetObject", lambda params, **_: fetched.append(params["url_path"]))
+    with pytest.raises(ArchiveError, match="format version 99"):
+        open_artifact(s3, result["artifact_uri"])
+    assert any(p.endswith("/model.manifest.json") for p in fetched)  # the hook saw the manifest's GET
+    assert not any(p.endswith("/model.pt") for p in fetched)
