@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import tempfile
@@ -13,7 +12,7 @@ import torch
 
 from .errors import ArchiveError
 from .manifest import Manifest
-from .reader import iter_object
+from .reader import read_checked
 from .s3uri import parse_s3_uri
 from .torchscript import quiet_torchscript_deprecation
 
@@ -29,13 +28,8 @@ def download_checked(client: Any, uri: str, path: str, *, sha256: str | None = N
     stored = int(client.head_object(Bucket=target.bucket, Key=target.key)["ContentLength"])
     if size is not None and stored != size:
         raise ArchiveError(f"{uri}: {stored} bytes stored, {size} expected")
-    digest = hashlib.sha256()
     with open(path, "wb") as out:
-        for chunk in iter_object(client, uri, stored):
-            digest.update(chunk)
-            out.write(chunk)
-    if sha256 is not None and digest.hexdigest() != sha256:
-        raise ArchiveError(f"{uri}: sha256 {digest.hexdigest()} differs from the expected {sha256}")
+        read_checked(client, uri, size=stored, sha256=sha256, sink=out.write)
 
 
 def load_artifact(

@@ -74,11 +74,12 @@ def read_checked(
     uri: str,
     *,
     size: int,
-    sha256: str,
+    sha256: str | None,
     sink: Callable[[bytes], object],
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Stream the object at ``uri`` into ``sink``, checking size and sha256 as it arrives.
+    """Stream the object at ``uri`` into ``sink``, checking size and sha256 (when given) as
+    it arrives.
 
     Raises:
         ArchiveError: the stored bytes differ from the manifest's (size or sha256).
@@ -103,7 +104,7 @@ def read_checked(
         raise ArchiveError(f"{uri}: shorter than the {size} bytes the manifest says ({error_code(exc)})") from exc
     if got != size:
         raise ArchiveError(f"{uri}: read {got} bytes, the manifest says {size}")
-    if digest.hexdigest() != sha256:
+    if sha256 is not None and digest.hexdigest() != sha256:
         raise ArchiveError(
             f"{uri}: sha256 {digest.hexdigest()} differs from the manifest's {sha256}; the object is corrupt"
         )
