@@ -324,12 +324,20 @@ class MultipartWriter:
         if self._if_none_match:
             args["IfNoneMatch"] = "*"
         body = memoryview(self._buf)[: self._fill]
-        resp = self._retry.call(
-            lambda: self._client.put_object(
-                Bucket=self.bucket, Key=self.key, Body=MemoryBody(body), ContentLength=len(body), **args
-            ),
-            retry_if=_retry_unless_conflict,
-        )
+        try:
+            resp = self._retry.call(
+                lambda: self._client.put_object(
+                    Bucket=self.bucket, Key=self.key, Body=MemoryBody(body), ContentLength=len(body), **args
+                ),
+                retry_if=_retry_unless_conflict,
+            )
+        except ClientError as exc:
+            # A put whose success reply was lost is retried (by botocore or by us) and then
+            # meets its own object: the same bytes under the key mean it is ours.
+            expected = f'"{hashlib.md5(body, usedforsecurity=False).hexdigest()}"'
+            if not (_is_conflict(exc) and self._object_etag() == expected):
+                raise
+            resp = {"ETag": expected}
         if self._progress is not None:
             self._progress(len(body))
         return self._result(resp, parts=0)
@@ -359,6 +367,10 @@ class MultipartWriter:
                 resp = self._retry.call(complete, retry_if=_retry_unless_conflict)
                 break
             except Exception as exc:
+                if _is_conflict(exc) and self._object_etag() == expected_etag:
+                    # Our own Complete, retried after its reply was lost.
+                    resp = {"ETag": expected_etag}
+                    break
                 if error_code(exc) != "NoSuchUpload" or attempt == NO_SUCH_UPLOAD_RETRIES:
                     raise
                 # A Complete whose reply was lost leaves the object committed and the id
@@ -421,7 +433,7 @@ class MultipartWriter:
         caller's own errors, interrupts, time limits) keeps its type."""
         if isinstance(exc, UploadFailed):
             raise exc
-        if error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict") or http_status(exc) == 412:
+        if _is_conflict(exc):
             raise ObjectExists(
                 f"s3://{self.bucket}/{self.key} already exists; another writer published it first "
                 "(conditional publish, If-None-Match: *)"
@@ -429,6 +441,10 @@ class MultipartWriter:
         if isinstance(exc, (ClientError, BotoCoreError)):
             raise UploadFailed(f"upload of s3://{self.bucket}/{self.key} aborted: {_describe(exc)}") from exc
         raise exc
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    return error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict") or http_status(exc) == 412
 
 
 def _retry_unless_conflict(exc: BaseException) -> bool:

@@ -758,3 +758,48 @@ def test_default_client_adds_checksums(s3: Any, bucket: str) -> None:
     with MultipartWriter(s3, bucket, "obj", part_size=PART) as w:
         w.write(payload(PART + 1))
     assert len(headers) >= 2
+
+
+def test_conditional_put_whose_reply_was_lost_is_ours_not_a_conflict(s3_no_retry: Any, bucket: str) -> None:
+    s3 = s3_no_retry
+    puts: list[int] = []
+
+    def reply_lost(**kwargs: Any) -> None:
+        # The store committed the object, then the connection dropped before the reply: the
+        # retried put meets the object it wrote itself (412 under If-None-Match).
+        puts.append(1)
+        if len(puts) == 1:
+            raise ConnectionClosedError(endpoint_url="injected")
+
+    s3.meta.events.register("after-call.s3.PutObject", reply_lost)
+    data = payload(1000, seed=23)
+    with MultipartWriter(s3, bucket, "obj", part_size=PART, if_none_match=True, retry=NO_WAIT) as w:
+        w.write(data)
+    assert len(puts) == 2
+    assert_committed(s3, bucket, "obj", w, data)
+
+
+def test_conditional_put_onto_other_bytes_is_still_a_conflict(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="obj", Body=b"theirs")
+    with pytest.raises(ObjectExists), MultipartWriter(s3, bucket, "obj", if_none_match=True, retry=NO_WAIT) as w:
+        w.write(b"ours")
+    assert s3.get_object(Bucket=bucket, Key="obj")["Body"].read() == b"theirs"
+
+
+def test_conditional_complete_whose_reply_was_lost_is_ours(s3_no_retry: Any, bucket: str) -> None:
+    s3 = s3_no_retry
+    completes: list[int] = []
+
+    def reply_lost(**kwargs: Any) -> None:
+        completes.append(1)
+        if len(completes) == 1:
+            raise ConnectionClosedError(endpoint_url="injected")
+
+    s3.meta.events.register("after-call.s3.CompleteMultipartUpload", reply_lost)
+    data = payload(2 * PART + 5, seed=29)
+    with MultipartWriter(s3, bucket, "obj", part_size=PART, if_none_match=True, retry=NO_WAIT) as w:
+        w.write(data)
+    assert w.result is not None
+    assert w.result.etag == multipart_etag(data)
+    assert_committed(s3, bucket, "obj", w, data)
+    assert open_uploads(s3, bucket) == []
