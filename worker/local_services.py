@@ -6,6 +6,8 @@ Used by ``exportctl demo`` and the tests; never by a worker in production.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,7 +54,7 @@ def moto_server() -> Iterator[str]:
                 time.sleep(0.1)
         yield url
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 class ServiceMissing(RuntimeError):
@@ -95,48 +97,43 @@ def redis_server() -> Iterator[str]:
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @contextlib.contextmanager
 def celery_worker(
-    env: dict[str, str], *, queues: str = "cpu", concurrency: int = 1, log_path: str | None = None
+    env: dict[str, str],
+    *,
+    queues: str = "cpu",
+    concurrency: int = 1,
+    log_path: str | None = None,
+    node: str | None = None,
+    cwd: str | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``celery -A worker worker`` with ``env`` until the block ends (then a warm shutdown)."""
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-Q",
-            queues,
-            "-c",
-            str(concurrency),
-            "-l",
-            "info",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        yield proc
-    finally:
-        _stop(proc, grace=30)
-        if log_path:
-            log.close()  # type: ignore[union-attr]
+    """Run ``celery -A worker worker`` with ``env`` until the block ends (then a warm
+    shutdown; its process group is killed if it lingers)."""
+    command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queues, "-c", str(concurrency)]
+    command += ["-l", "info", "--without-mingle", "--without-gossip"] + (["-n", node] if node else [])
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(open(log_path, "ab")) if log_path else subprocess.DEVNULL
+        proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            stop_process(proc, grace=30)
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """Terminate a process we started (SIGTERM: Celery's warm shutdown, which stops its pool),
+    kill its process group if it was started in its own session and lingers, and reap it."""
+    if proc.poll() is not None:
+        return
     proc.terminate()
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signal.SIGKILL)
         proc.kill()
         proc.wait()

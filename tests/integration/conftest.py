@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from worker.local_services import free_port
+from worker.local_services import celery_worker as celery_worker_process
+from worker.local_services import free_port, stop_process
 
 #: The repository root: the worker's working directory, so ``tests.fixtures`` imports there.
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,19 +81,6 @@ def _tail(path: Path, lines: int = 60) -> str:
         return f"(no log: {exc})"
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    """Terminate a process we started (SIGTERM: Celery's warm shutdown, which stops its pool),
-    kill its process group (it and its pool processes) if it lingers, and reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server of our own on :data:`REDIS_PORT`, no persistence; yields its URL."""
@@ -128,7 +114,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         client.close()
         yield BROKER_URL
     finally:
-        _stop(proc, grace=10)
+        stop_process(proc, grace=10)
 
 
 @pytest.fixture()
@@ -187,30 +173,8 @@ def celery_worker(
         }
     )
     node = f"export-tests-{uuid.uuid4().hex[:8]}@%h"
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker",
-        "worker",
-        "-Q",
-        "cpu",
-        "-c",
-        "1",
-        "-l",
-        "info",
-        "-n",
-        node,
-        "--without-mingle",
-        "--without-gossip",
-    ]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    worker = WorkerProcess(proc, log_path, marker, spool_dir, shared_dir, moto_process_endpoint)
-    try:
+    with celery_worker_process(env, log_path=str(log_path), node=node, cwd=str(ROOT)) as proc:
+        worker = WorkerProcess(proc, log_path, marker, spool_dir, shared_dir, moto_process_endpoint)
         deadline = time.monotonic() + WORKER_START_TIMEOUT
         while not celery_app.control.ping(timeout=0.5):
             if proc.poll() is not None:
@@ -220,8 +184,6 @@ def celery_worker(
                     f"the Celery worker did not answer a ping in {WORKER_START_TIMEOUT:.0f} s:\n{worker.log_tail()}"
                 )
         yield worker
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture()
