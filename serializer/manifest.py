@@ -29,7 +29,8 @@ from .retry import error_code
 from .s3uri import parse_s3_uri
 
 #: Version of the manifest's layout; readers refuse versions newer than they know.
-SCHEMA_VERSION = 1
+#: 2 added ``producer.builder``; version 1 manifests (without it) are still read.
+SCHEMA_VERSION = 2
 #: Suffix of an artifact's key, replaced by the manifest's suffix to name the manifest.
 ARTIFACT_SUFFIX = ".pt"
 #: Suffix of a manifest's key: ``model.pt`` -> ``model.manifest.json``.
@@ -70,6 +71,10 @@ class Producer(_Model):
     export_worker: str
     device: str
     host: str
+    builder: str | None = Field(
+        default=None,
+        description="sha256 of the builder module's source file ('sha256:<hex>'); null where unknown",
+    )
 
 
 class Verification(_Model):
@@ -136,8 +141,9 @@ def spec_digest(spec: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(spec)).hexdigest()
 
 
-def current_producer(device: str) -> Producer:
-    """This process as a producer: torch, python and export-worker versions, device, host."""
+def current_producer(device: str, builder: str | None = None) -> Producer:
+    """This process as a producer: torch, python and export-worker versions, device, host,
+    and the digest of the builder's source (``builder``), when known."""
     import torch
 
     try:
@@ -150,6 +156,7 @@ def current_producer(device: str) -> Producer:
         export_worker=version,
         device=device,
         host=socket.gethostname(),
+        builder=builder,
     )
 
 

@@ -21,10 +21,13 @@ Either way the bytes pass once: the sha256 is computed and the zip indexed as th
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import logging
 import os
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -91,6 +94,23 @@ def save_archive(module: torch.jit.ScriptModule, path: str, extra_files: Mapping
             torch.jit.save(module, path, _extra_files=dict(extra_files))
     except (RuntimeError, OSError) as exc:
         raise ArchiveError(f"torch.jit.save failed: {exc}") from exc
+
+
+@functools.cache
+def produced_format_version() -> int:
+    """The file-format version this torch writes for a plain module (the archive's
+    ``version`` record); archives using newer operators may carry a higher one."""
+
+    class _Plain(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + 1
+
+    buf = io.BytesIO()
+    with quiet_torchscript_deprecation():
+        torch.jit.save(torch.jit.script(_Plain()), buf)
+    with zipfile.ZipFile(buf) as zf:
+        name = next(n for n in zf.namelist() if n.split("/", 1)[-1] in ("version", ".data/version"))
+        return int(zf.read(name).decode("ascii").strip())
 
 
 def export_torchscript(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import logging
 import os
 import tempfile
@@ -40,6 +42,35 @@ def check_allowed(builder: str, allowed: Sequence[str]) -> str:
         f"builder {builder!r} is not under EXPORT_ALLOWED_BUILDERS ({', '.join(allowed) or 'empty'}); "
         "add its package to the setting on the workers"
     )
+
+
+def builder_digest(builder: str, allowed: Sequence[str]) -> str | None:
+    """``sha256:<hex>`` of the source file of the builder's module, as it is on disk.
+
+    Recorded in each manifest's producer, so a bulk re-export (``if-stale``) sees when a
+    builder's code changed.  Only the module that defines the builder is hashed, not what it
+    imports; workers are expected to run the code on disk (restart them on deploy).  Finding
+    the file imports the module's parent packages, so the allow-list is checked first.
+
+    Returns:
+        The digest, or None where the module has no source file (built-in, missing).
+
+    Raises:
+        BuilderNotAllowed: outside the allow-list.
+    """
+    module_name = check_allowed(builder, allowed)
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    origin = found.origin if found is not None else None
+    if not origin or not os.path.isfile(origin):
+        return None
+    digest = hashlib.sha256()
+    with open(origin, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
 
 
 #: The GPU this worker process owns (set per pool process on GPU hosts, one process per

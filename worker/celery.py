@@ -80,8 +80,29 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_pool_start_method=settings.pool_start_method,
         worker_hijack_root_logger=False,
     )
+    app.conf.beat_schedule = beat_schedule(settings)
     app.conf.export_settings = settings
     return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """``celery -A worker beat``'s entries: one ``reexport`` per ``EXPORT_REEXPORT_SCHEDULE`` entry."""
+    from datetime import timedelta
+
+    from .settings import crontab_of
+
+    schedule: dict[str, dict[str, Any]] = {}
+    for n, entry in enumerate(settings.reexport_schedule):
+        when = crontab_of(entry.cron) if entry.cron is not None else timedelta(seconds=entry.every or 0)
+        schedule[f"reexport-{n}-{entry.policy}-{entry.source}"] = {
+            "task": "worker.tasks.reexport",
+            "schedule": when,
+            "args": [entry.source],
+            "kwargs": {"policy": entry.policy},
+            # A run that could not start in one period is not worth starting late.
+            "options": {"queue": CPU_QUEUE, "expires": entry.every or 3600},
+        }
+    return schedule
 
 
 @signals.worker_process_init.connect

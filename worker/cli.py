@@ -17,6 +17,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.json import JSON
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
 from serializer.errors import SerializerError
@@ -81,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra.add_argument("name", help="the extra file's name in the archive")
     extra.add_argument("--no-manifest", action="store_true", help="find it from the zip's directory, not the manifest")
 
+    reexport = sub.add_parser("reexport", help="re-export what a policy picks under a prefix or from a catalog")
+    reexport.add_argument("source", help="s3://bucket/prefix of exports, or a catalog of specs (.jsonl, .yaml)")
+    reexport.add_argument("--policy", choices=("if-stale", "always", "missing"), default="if-stale")
+    reexport.add_argument("--dry-run", action="store_true", help="list what would run and why; enqueue nothing")
+    reexport.add_argument("--wait", action="store_true", help="show done / failed / remaining until the run ends")
+    reexport.add_argument("--window", type=int, default=None, help="exports queued or running at once")
+    reexport.add_argument("--report-to", default=None, help="s3://bucket/prefix for the run's report")
+    reexport.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait with --wait")
+    reexport.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per candidate")
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
@@ -93,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ls": _ls,
         "verify": _verify,
         "extra": _extra,
+        "reexport": _reexport,
     }
     try:
         return handlers[args.command](args)
@@ -191,17 +203,102 @@ def _show(args: argparse.Namespace) -> int:
 
 def list_manifests(client: Any, prefix_uri: str) -> Iterator[str]:
     """URIs of every manifest under ``s3://bucket/prefix``, paging through the listing."""
-    from serializer.manifest import MANIFEST_SUFFIX
-    from serializer.s3uri import parse_s3_uri
+    from .selection import list_manifests as listing
 
-    prefix = parse_s3_uri(prefix_uri, require_key=False)
-    # A prefix names a folder: s3://b/models lists models/..., not models2/...
-    key = prefix.key if not prefix.key or prefix.key.endswith("/") else prefix.key + "/"
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=key)
-    for page in pages:
-        for item in page.get("Contents", []):
-            if item["Key"].endswith(MANIFEST_SUFFIX):
-                yield f"s3://{prefix.bucket}/{item['Key']}"
+    return listing(client, prefix_uri)
+
+
+def _reexport(args: argparse.Namespace) -> int:
+    from .selection import check_source
+
+    source = check_source(args.source)
+    if args.window is not None and args.window < 1:
+        raise CommandError(f"--window must be at least 1, got {args.window}")
+    if args.dry_run:
+        return _reexport_dry_run(source, args.policy, as_json=args.json)
+    from .tasks import reexport
+
+    result = reexport.apply_async(
+        args=[source], kwargs={"policy": args.policy, "window": args.window, "report_to": args.report_to}
+    )
+    console.print(f"bulk run {result.id} of {source} ({args.policy})")
+    if not args.wait:
+        out.print(result.id)
+        return 0
+    report = wait_for_bulk_run(result, args.timeout)
+    sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return 0 if report.get("status") == "finished" and not report["counts"]["failed"] else 1
+
+
+def _reexport_dry_run(source: str, policy: Any, *, as_json: bool) -> int:
+    from serializer.client import make_s3_client
+
+    from .selection import plan
+    from .settings import Settings
+
+    counts: dict[str, int] = {}
+    for decision in plan(make_s3_client(), source, policy, Settings()):
+        counts[decision.action] = counts.get(decision.action, 0) + 1
+        if as_json:
+            sys.stdout.write(json.dumps(decision.to_json(), sort_keys=True) + "\n")
+        else:
+            name, reason, where = (escape(v) for v in (decision.name, decision.reason, decision.source))
+            out.print(f"{decision.action:<9} {name}  [dim]{reason}[/dim]  {where}")
+    runs = counts.get("export", 0) + counts.get("replace", 0)
+    summary = ", ".join(f"{n} {action}" for action, n in sorted(counts.items())) or "nothing selected"
+    console.print(f"dry run: {runs} would run ({summary}); nothing was enqueued")
+    return 0
+
+
+def wait_for_bulk_run(result: Any, timeout: float) -> dict[str, Any]:
+    """Poll a bulk run, drawing done / failed / remaining, until its report arrives.
+
+    Raises:
+        CommandError: the run was refused or failed, or did not end within ``timeout``.
+    """
+    from .bulk import BulkRun
+    from .settings import Settings
+    from .tasks import redis_client
+
+    settings = Settings()
+    deadline = time.monotonic() + timeout
+    columns = (
+        TextColumn("{task.description:<9}"),
+        BarColumn(),
+        TextColumn("{task.completed:>6.0f}/{task.total:<6.0f} done {task.fields[failed]} failed"),
+        TextColumn("{task.fields[remaining]} remaining"),
+    )
+    run: BulkRun | None = None
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task("queued", total=None, failed=0, remaining="?")
+        while True:
+            state = result.state
+            if state == "SUCCESS":
+                value: dict[str, Any] = result.get()
+                bar.update(
+                    task, description="done", total=value.get("selected") or 1, completed=value.get("selected") or 1
+                )
+                return value
+            if state in ("FAILURE", "REVOKED"):
+                info = result.info
+                raise CommandError(f"bulk run failed: {type(info).__name__}: {info}")
+            if run is None:
+                with contextlib.suppress(ExportError):
+                    run = BulkRun.load(redis_client(settings), result.id, settings)
+            if run is not None:
+                p = run.progress()
+                remaining = p["remaining"] if p["planned"] else f"{p['remaining']}+"
+                bar.update(
+                    task,
+                    description="planning" if not p["planned"] else "running",
+                    total=max(p["selected"], 1),
+                    completed=p["done"],
+                    failed=p["failed"],
+                    remaining=remaining,
+                )
+            if time.monotonic() > deadline:
+                raise CommandError(f"bulk run {result.id} did not finish within {timeout:.0f} s (still {state})")
+            time.sleep(POLL_INTERVAL)
 
 
 def _ls(args: argparse.Namespace) -> int:

@@ -5,10 +5,12 @@ The Celery task (``worker.tasks.export_model``) is a thin wrapper around :func:`
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -33,7 +35,7 @@ from serializer.manifest import (
 from serializer.s3uri import parse_s3_uri
 from serializer.torchscript import UploadOptions, export_torchscript
 
-from .builders import build_module, example_inputs, load_weights, resolve_device, to_torchscript
+from .builders import build_module, builder_digest, example_inputs, load_weights, resolve_device, to_torchscript
 from .errors import BuildFailed, ExportConflict, SpecError, VerificationFailed
 from .settings import Settings
 from .spec import ExportSpec, ExtraBase64, ExtraText, ExtraURI
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 MAX_EXTRA_FROM_S3 = 256 * 1024**2
 #: Seconds a job that lost the publish race waits for the winner's manifest.
 CONFLICT_WAIT = 30.0
+#: Largest object one CopyObject may copy; larger replacements use a multipart copy.
+MAX_SINGLE_COPY = 5 * 1024**3
 
 
 class Stage(Enum):
@@ -177,22 +181,33 @@ def run_export(
     settings: Settings,
     client: Any,
     progress: Progress | None = None,
+    replace: bool = False,
 ) -> dict[str, Any]:
     """Build, script, stream, verify and publish one export.
 
     Nothing is left behind on failure: an artifact written by this run is deleted before the
     error propagates, and the manifest (written last) only exists for a complete export.
 
+    Where the export already exists it is skipped, unless ``replace``: then the new archive
+    is uploaded to a staging key, verified there, copied over the old archive (server side)
+    and the manifest rewritten; a failure before the copy leaves the old export as it was.
+    Concurrent replacements of one export must be kept apart by the caller (the bulk
+    re-export holds a lock per target).
+
     Raises:
         ExportError subclasses (permanent), or botocore errors (transient, for the task to retry).
     """
     report = progress or (lambda stage, info: None)
-    producer = current_producer(spec.device)
+    producer = current_producer(spec.device, builder_digest(spec.builder, settings.allowed_builders))
     keys = export_keys(spec, producer.torch)
     done = _existing(client, keys)
-    if done is not None:
+    if done is not None and not replace:
         log.info("export %s already at %s; skipped", spec.spec_hash[:16], keys.artifact)
         return result_of(done, keys, skipped=True)
+    # Replacing an export: the new archive goes to a staging key first and is verified
+    # there; the old archive and manifest stay untouched until it passed.
+    replacing = done is not None
+    upload_uri = _staging_uri(keys) if replacing else keys.artifact
 
     started = time.monotonic()
     report(Stage.BUILDING, {})
@@ -237,14 +252,14 @@ def run_export(
     try:
         info = export_torchscript(
             scripted,
-            keys.artifact,
+            upload_uri,
             client=client,
             extra_files=extras,
             options=UploadOptions(
                 part_size=settings.part_size,
                 max_in_flight=settings.max_in_flight,
                 checksum_algorithm=settings.checksum_algorithm,
-                if_none_match=settings.conditional_publish,
+                if_none_match=settings.conditional_publish and not replacing,
             ),
             strategy=settings.upload_strategy,
             spool_dir=settings.spool_dir,
@@ -268,6 +283,8 @@ def run_export(
                     f"max rel diff {verification.max_rel_diff:g} (atol {spec.atol:g}, rtol {spec.rtol:g})"
                 )
         report(Stage.PUBLISHING, {"bytes": info.size})
+        if replacing:
+            info = _promote(client, info, keys.artifact)
         manifest = build_manifest(
             info,
             spec=spec.to_json_dict(),
@@ -276,10 +293,14 @@ def run_export(
             verification=verification,
             metadata=spec.metadata,
         )
-        write_manifest(client, keys.manifest, manifest, if_none_match=settings.conditional_publish)
+        write_manifest(client, keys.manifest, manifest, if_none_match=settings.conditional_publish and not replacing)
     except BaseException:
-        _delete_quietly(client, keys.artifact)
+        if not replacing:
+            _delete_quietly(client, keys.artifact)
         raise
+    finally:
+        if replacing:
+            _delete_quietly(client, upload_uri)
     log.info("exported %s to %s (%d bytes) in %.2f s", spec.name, keys.artifact, info.size, time.monotonic() - started)
     return result_of(manifest, keys, skipped=False)
 
@@ -299,6 +320,26 @@ def verify_archive(
         atol=atol,
         rtol=rtol,
     )
+
+
+def _staging_uri(keys: Keys) -> str:
+    """A key of its own, next to the artifact, for a replacement's new archive."""
+    return f"{keys.artifact}.staging-{uuid.uuid4().hex[:12]}"
+
+
+def _promote(client: Any, staged: ArchiveInfo, artifact_uri: str) -> ArchiveInfo:
+    """Copy a verified staged archive over the artifact (server side); the copy's info."""
+    source, target = parse_s3_uri(staged.uri), parse_s3_uri(artifact_uri)
+    copy_source = {"Bucket": source.bucket, "Key": source.key}
+    if staged.size <= MAX_SINGLE_COPY:
+        reply = client.copy_object(
+            Bucket=target.bucket, Key=target.key, CopySource=copy_source, CopySourceIfMatch=staged.etag
+        )
+        etag = str(reply.get("CopyObjectResult", {}).get("ETag", ""))
+    else:
+        client.copy(copy_source, target.bucket, target.key)
+        etag = str(client.head_object(Bucket=target.bucket, Key=target.key)["ETag"])
+    return dataclasses.replace(staged, uri=artifact_uri, etag=etag, version_id=None)
 
 
 def _await_winner(client: Any, keys: Keys) -> dict[str, Any]:

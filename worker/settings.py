@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, model_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from serializer.parts import MIN_PART_SIZE, parse_size
@@ -19,6 +19,54 @@ def _split_commas(value: object) -> object:
 
 
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
+
+#: What a bulk re-export redoes (see worker/selection.py).
+Policy = Literal["if-stale", "always", "missing"]
+
+
+class ScheduleEntry(BaseModel):
+    """One scheduled bulk re-export: what, which policy, and when (a crontab or an interval)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(description="s3://bucket/prefix of manifests, or a catalog (.jsonl/.yaml) on S3 or disk")
+    policy: Policy = "if-stale"
+    cron: str | None = Field(default=None, description="crontab expression: minute hour day-of-month month day-of-week")
+    every: float | None = Field(default=None, gt=0, description="seconds between runs, instead of cron")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None:
+            crontab_of(v)
+        return v
+
+    @model_validator(mode="after")
+    def _when(self) -> ScheduleEntry:
+        if (self.cron is None) == (self.every is None):
+            raise ValueError(f"schedule entry for {self.source}: give exactly one of 'cron' and 'every'")
+        return self
+
+
+def crontab_of(expression: str) -> object:
+    """A Celery ``crontab`` from a five-field expression (``"30 3 * * *"``).
+
+    Raises:
+        ValueError: not five fields, or a field Celery does not accept.
+    """
+    from celery.schedules import crontab
+
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(f"crontab {expression!r} needs 5 fields (minute hour day-of-month month day-of-week)")
+    minute, hour, day_of_month, month_of_year, day_of_week = fields
+    try:
+        return crontab(
+            minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year, day_of_week=day_of_week
+        )
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"crontab {expression!r}: {exc}") from exc
+
 
 #: Modules a spec's builder may come from when EXPORT_ALLOWED_BUILDERS is unset: only the
 #: bundled examples, so nothing else is ever imported by default.
@@ -84,6 +132,22 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         default=4000, ge=1, description="seconds before Redis redelivers an unacknowledged job"
     )
+    bulk_window: int = Field(
+        default=64, ge=1, le=100_000, description="jobs a bulk re-export keeps queued or running at once"
+    )
+    bulk_lock_ttl: int | None = Field(
+        default=None,
+        ge=1,
+        description="seconds a bulk run's lock outlives its last sign of progress; default: the visibility timeout",
+    )
+    report_prefix: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix for bulk re-export reports; default: _reexport/ under the selection",
+    )
+    reexport_schedule: list[ScheduleEntry] = Field(
+        default_factory=list,
+        description='JSON list of scheduled bulk re-exports for beat: [{"source": .., "policy": .., "cron": ..}]',
+    )
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
@@ -93,7 +157,17 @@ class Settings(BaseSettings):
                 f"(got {self.soft_time_limit}, {self.time_limit}, {self.visibility_timeout}); "
                 "otherwise Redis redelivers jobs that are still running"
             )
+        if self.bulk_lock_ttl is not None and self.bulk_lock_ttl <= self.time_limit:
+            raise ValueError(
+                f"need EXPORT_BULK_LOCK_TTL > EXPORT_TIME_LIMIT (got {self.bulk_lock_ttl}, {self.time_limit}): "
+                "one export may run that long without a sign of progress"
+            )
         return self
+
+    @property
+    def lock_ttl(self) -> int:
+        """Seconds a bulk run's lock lasts without progress."""
+        return self.bulk_lock_ttl or self.visibility_timeout
 
     @property
     def backend_url(self) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -16,9 +17,11 @@ from serializer.client import make_s3_client
 from serializer.errors import SerializerError, UploadFailed
 from serializer.retry import is_transient
 
+from . import bulk
 from .celery import app
 from .errors import ExportError
 from .job import Stage, run_export
+from .selection import Planner, check_source
 from .settings import Settings
 from .spec import ExportSpec, parse_spec
 
@@ -30,6 +33,7 @@ RETRY_BASE = 2.0
 RETRY_CAP = 120.0
 
 _client: Any = None
+_redis: Any = None
 
 
 def s3_client(settings: Settings) -> Any:
@@ -40,6 +44,16 @@ def s3_client(settings: Settings) -> Any:
             max_pool_connections=settings.max_in_flight + 2, checksum_mode=settings.s3_checksum_mode
         )
     return _client
+
+
+def redis_client(settings: Settings) -> Any:
+    """One Redis client per process for bulk-run state (the broker's Redis)."""
+    global _redis  # noqa: PLW0603 - a per-process cache; the client is thread-safe
+    if _redis is None:
+        import redis
+
+        _redis = redis.Redis.from_url(settings.broker_url, socket_timeout=30, socket_connect_timeout=10)
+    return _redis
 
 
 def _transient(exc: BaseException) -> bool:
@@ -94,3 +108,101 @@ def submit_export(spec: dict[str, Any] | ExportSpec, **options: Any) -> Any:
     parsed = parse_spec(spec)
     options.setdefault("queue", parsed.queue)
     return export_model.apply_async(args=[parsed.to_json_dict()], **options)
+
+
+def _send_item(run_id: str, item: dict[str, Any]) -> None:
+    queue = parse_spec(item["spec"]).queue
+    reexport_item.apply_async(args=[run_id, item], queue=queue)
+
+
+def _publish_progress(task: Task, run: bulk.BulkRun) -> None:
+    task.backend.store_result(run.keys.run_id, run.progress(), "PROGRESS")
+
+
+@app.task(bind=True, name="worker.tasks.reexport", acks_late=True)
+def reexport(
+    self: Task,
+    source: str,
+    policy: str = "if-stale",
+    dry_run: bool = False,
+    window: int | None = None,
+    report_to: str | None = None,
+) -> dict[str, Any]:
+    """Re-export every spec of a selection that ``policy`` picks (see worker/bulk.py).
+
+    ``source`` is an ``s3://bucket/prefix`` of manifests or a catalog of specs (``.jsonl``,
+    ``.yaml``; on S3 or on a disk the workers share).  Returns the report (counts by
+    outcome, each failure's name and message, durations), also stored in S3; with
+    ``dry_run``, the counts of what would run, the plan itself in the report object.
+    The task's state is ``PROGRESS`` (with the counts) while the run goes on: its result
+    arrives when the last export finishes, not when this task returns.
+
+    Raises:
+        BulkRunBusy: another run of the same selection holds its lock.
+        SpecError: a bad selection, policy or window.
+    """
+    settings: Settings = self.app.conf.export_settings
+    source = check_source(source)
+    chosen = bulk.new_policy(policy)
+    if window is not None and window < 1:
+        raise ExportError(f"window must be at least 1, got {window}")
+    run_id = str(self.request.id)
+    report_uri = bulk.report_uri_for(source, run_id, settings, report_to)
+    client = s3_client(settings)
+    if dry_run:
+        return bulk.dry_run(client, source, chosen, settings, run_id=run_id, report_uri=report_uri)
+
+    run = bulk.BulkRun(redis_client(settings), bulk.RunKeys(run_id, source, chosen), settings)
+    resumed = run.start(window=window or settings.bulk_window, report_uri=report_uri)
+    if resumed:
+        log.info("bulk run %s resumes %s of %s", run_id, resumed, source)
+    try:
+        bulk.plan_run(run, client, Planner(client, settings, chosen), _send_item, lambda: _publish_progress(self, run))
+    except BaseException as exc:
+        run.finalize(client, error=f"planning failed: {exc}")
+        raise
+    if run.try_finish():
+        return run.finalize(client)
+    # The last item to finish stores the report as this task's result.
+    raise Ignore()
+
+
+@app.task(bind=True, name="worker.tasks.reexport_item", acks_late=True, ignore_result=True, max_retries=None)
+def reexport_item(self: Task, run_id: str, item: dict[str, Any]) -> dict[str, Any]:
+    """One export of a bulk run; whatever happens to it is counted, and frees its slot."""
+    settings: Settings = self.app.conf.export_settings
+    redis = redis_client(settings)
+    run = bulk.BulkRun.load(redis, run_id, settings)
+    client = s3_client(settings)
+    started = time.monotonic()
+    outcome, error = "failed", None
+    release = bulk.target_lock(redis, item["target"], settings.time_limit + bulk.TARGET_LOCK_MARGIN)
+    try:
+        if release is None:
+            outcome = "skipped"
+        else:
+            result = run_export(
+                parse_spec(item["spec"]), settings=settings, client=client, replace=item["action"] == "replace"
+            )
+            outcome = "skipped" if result["skipped"] else "exported"
+    except (SerializerError, BotoCoreError, ClientError, RedisConnectionError, RedisTimeoutError) as exc:
+        if _transient(exc) and self.request.retries < settings.task_max_retries:
+            delay = random.uniform(0, min(RETRY_CAP, RETRY_BASE * 2**self.request.retries))
+            log.warning("bulk %s item %s: transient error, retry in %.1f s: %s", run_id, item["id"], delay, exc)
+            raise self.retry(exc=exc, countdown=delay) from exc
+        error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one export's failure, whatever it is, never stops the run
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if release is not None:
+            release()
+    # Progress first: once counted, this item may be the last and store the run's result.
+    _publish_progress(self, run)
+    if run.complete(item, outcome, time.monotonic() - started, error):
+        try:
+            run.dispatch(_send_item)
+        finally:
+            if run.try_finish():
+                report = run.finalize(client)
+                self.backend.store_result(run_id, report, "SUCCESS")
+    return {"outcome": outcome, "error": error}

@@ -40,7 +40,7 @@ def test_demo_exports_verifies_and_loads_back(tmp_path: Path, strategy: str) -> 
     assert set(consumer["predicted"]) <= {"cat", "dog", "bird", "fish"}
     assert consumer["extra_files"] == {"labels.txt": 18, "README.md": 24}
     assert consumer["loaded_from"].startswith("s3://export-demo/demo/tiny-classifier/")
-    assert '"schema_version": 1' in proc.stdout
+    assert '"schema_version": 2' in proc.stdout
     assert '"sha256"' in proc.stdout
     assert list(tmp_path.iterdir()) == [], "spool files or pipes were left behind"
 

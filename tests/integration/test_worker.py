@@ -137,7 +137,7 @@ def check_export(client: Any, spec: dict[str, Any], result: dict[str, Any]) -> S
     manifest = json.loads(raw)
     Manifest.from_json(raw)  # validates
     assert manifest.keys() >= CONTRACT_MANIFEST_KEYS
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == 2
     artifact = manifest["artifact"]
     assert artifact["uri"] == result["artifact_uri"]
     assert artifact["size"] == len(archive)
