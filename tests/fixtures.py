@@ -175,3 +175,11 @@ def param_blob(total_bytes: int, n_params: int = 3, seed: int = 0) -> nn.Module:
 def not_a_module() -> object:
     """A builder that returns something other than a module."""
     return {"not": "a module"}
+
+
+def slow_linear(seconds: float = 1.0, in_features: int = 4, out_features: int = 3, seed: int = 0) -> nn.Module:
+    """A builder that takes ``seconds`` to build: keeps a bulk run's jobs in flight a while."""
+    import time
+
+    time.sleep(seconds)
+    return TinyLinear(in_features, out_features, seed)

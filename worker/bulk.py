@@ -43,11 +43,11 @@ log = logging.getLogger(__name__)
 
 PREFIX = "export-worker:bulk:"
 #: Outcomes an item (or a candidate) ends with; the report counts each.
-OUTCOMES = ("exported", "skipped", "unchanged", "failed")
+OUTCOMES = ("exported", "skipped", "unchanged", "failed", "superseded")
 #: Candidates planned between two dispatches and progress reports.
 PLAN_BATCH = 50
-#: Seconds an item holds the lock of the export it writes, beyond the hard time limit.
-TARGET_LOCK_MARGIN = 60
+#: Seconds between an item's tries to take the lock of an export another job is writing.
+TARGET_LOCK_POLL = 2.0
 
 Send = Callable[[str, dict[str, Any]], None]
 Publish = Callable[[str, str, dict[str, Any]], None]
@@ -219,9 +219,16 @@ class BulkRun:
         previous = self.redis.get(keys.last)
         resumed = None
         if previous is not None and previous.decode() != keys.run_id:
-            status = self.redis.hget(f"{PREFIX}run:{previous.decode()}", "status")
-            if status is not None and status.decode() != "finished":
-                resumed = previous.decode()
+            old = RunKeys(previous.decode(), keys.source, keys.policy)
+            status = self.redis.hget(old.run, "status")
+            if status is not None and status.decode() not in ("finished", "superseded"):
+                resumed = old.run_id
+                # The interrupted run ends here: its to-do list goes, and its jobs still
+                # queued or redelivered count themselves as skipped without exporting.
+                pipe = self.redis.pipeline()
+                pipe.hset(old.run, "status", "superseded")
+                pipe.delete(old.todo)
+                pipe.execute()
         if resumed is None:
             self.redis.delete(keys.done)
         expires = self.settings.result_expires
@@ -325,7 +332,11 @@ class BulkRun:
 
     def complete(self, item: dict[str, Any], outcome: str, seconds: float, error: str | None = None) -> bool:
         """Count a finished item and free its slot, atomically and once (a redelivered item
-        is not counted twice).  Returns False where it had been counted already."""
+        is not counted twice).  Returns False where it had been counted already.
+
+        ``exported`` and ``skipped`` mean the target holds a current export: a run that
+        resumes this one skips it.  Jobs that export nothing (those of a superseded run)
+        count as ``superseded``."""
         keys = self.keys
         failure = ""
         if outcome == "failed":
@@ -348,6 +359,15 @@ class BulkRun:
     def _record_failure(self, name: str, source: str, error: str) -> None:
         entry = {"name": name, "source": source, "error": error}
         self.redis.rpush(self.keys.failures, json.dumps(entry, separators=(",", ":")))
+
+    def status(self) -> str:
+        """``planning``, ``running``, ``finished``, ``failed`` or ``superseded``."""
+        raw = self.redis.hget(self.keys.run, "status")
+        return raw.decode() if raw is not None else "expired"
+
+    def is_counted(self, item: dict[str, Any]) -> bool:
+        """Whether the item was finished and counted before (it is being redelivered)."""
+        return bool(self.redis.sismember(self.keys.counted, str(item["id"])))
 
     def try_finish(self) -> bool:
         """Whether this caller is the one to finalize (planning done, nothing left)."""
@@ -395,7 +415,7 @@ class BulkRun:
             "source": keys.source,
             "policy": keys.policy,
             "dry_run": False,
-            "status": "failed" if error else "finished",
+            "status": "superseded" if raw.get("status") == "superseded" else "failed" if error else "finished",
             "error": error,
             "started_at": raw.get("started_at"),
             "finished_at": finished.isoformat(),
@@ -419,12 +439,16 @@ class BulkRun:
             log.warning("bulk run %s: report not written to %s: %s", keys.run_id, report["report_uri"], exc)
             report["report_error"] = str(exc)
             body = canonical_json(report)
+        superseded = raw.get("status") == "superseded"
+        last = self.redis.get(keys.last)
         pipe = self.redis.pipeline()
         pipe.set(keys.report, body, ex=self.settings.result_expires)
-        pipe.hset(keys.run, "status", report["status"])
-        if not error:
-            # A finished run leaves nothing to resume.
-            pipe.delete(keys.done, keys.todo, keys.targets, keys.counted)
+        pipe.delete(keys.todo, keys.targets, keys.counted)
+        if not superseded:
+            pipe.hset(keys.run, "status", report["status"])
+        if not error and not superseded and last is not None and last.decode() == keys.run_id:
+            # The selection's latest run finished: nothing is left to resume.
+            pipe.delete(keys.done)
         pipe.execute()
         self.release_lock()
         log.info("bulk run %s of %s %s: %s", keys.run_id, keys.source, report["status"], counts)
@@ -456,6 +480,12 @@ def plan_run(
         on_progress()
     run.planned()
     run.dispatch(send)
+
+
+def target_lock_ttl(settings: Settings) -> int:
+    """Seconds an item holds the lock of the export it writes: past the hard time limit
+    (a live export never loses it), not much more (a dead one does not block for long)."""
+    return settings.time_limit + min(60, settings.time_limit // 4 + 1)
 
 
 def target_lock(redis: Any, target: str, ttl: int) -> Callable[[], None] | None:

@@ -265,12 +265,12 @@ def wait_for_bulk_run(result: Any, timeout: float) -> dict[str, Any]:
     columns = (
         TextColumn("{task.description:<9}"),
         BarColumn(),
-        TextColumn("{task.completed:>6.0f}/{task.total:<6.0f} done {task.fields[failed]} failed"),
+        TextColumn("{task.fields[done]}/{task.fields[selected]} done, {task.fields[failed]} failed"),
         TextColumn("{task.fields[remaining]} remaining"),
     )
     run: BulkRun | None = None
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as bar:
-        task = bar.add_task("queued", total=None, failed=0, remaining="?")
+        task = bar.add_task("queued", total=None, done=0, selected="?", failed=0, remaining="?")
         while True:
             state = result.state
             if state == "SUCCESS":
@@ -293,6 +293,8 @@ def wait_for_bulk_run(result: Any, timeout: float) -> dict[str, Any]:
                     description="planning" if not p["planned"] else "running",
                     total=max(p["selected"], 1),
                     completed=p["done"],
+                    done=p["done"],
+                    selected=p["selected"] if p["planned"] else f"{p['selected']}+",
                     failed=p["failed"],
                     remaining=remaining,
                 )

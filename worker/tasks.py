@@ -172,14 +172,29 @@ def reexport_item(self: Task, run_id: str, item: dict[str, Any]) -> dict[str, An
     """One export of a bulk run; whatever happens to it is counted, and frees its slot."""
     settings: Settings = self.app.conf.export_settings
     redis = redis_client(settings)
-    run = bulk.BulkRun.load(redis, run_id, settings)
+    try:
+        run = bulk.BulkRun.load(redis, run_id, settings)
+    except ExportError as exc:
+        log.warning("bulk %s item %s: %s", run_id, item.get("id"), exc)
+        return {"outcome": "skipped", "error": str(exc)}
     client = s3_client(settings)
+    status = run.status()
+    if status in ("finished", "failed", "expired") or run.is_counted(item):
+        log.info("bulk %s item %s: the run is %s or the item was counted; nothing to do", run_id, item["id"], status)
+        return {"outcome": "skipped", "error": None}
     started = time.monotonic()
     outcome, error = "failed", None
-    release = bulk.target_lock(redis, item["target"], settings.time_limit + bulk.TARGET_LOCK_MARGIN)
+    release = None
+    if status != "superseded":  # an interrupted run's leftover jobs export nothing: its successor does
+        release = bulk.target_lock(redis, item["target"], bulk.target_lock_ttl(settings))
+        if release is None:
+            # Another export of this target is running (or died holding the lock, which then
+            # expires): try again once it is over.
+            log.info("bulk %s item %s: %s is being exported elsewhere; waiting", run_id, item["id"], item["target"])
+            raise self.retry(countdown=bulk.TARGET_LOCK_POLL, max_retries=None)
     try:
         if release is None:
-            outcome = "skipped"
+            outcome = "superseded"
         else:
             result = run_export(
                 parse_spec(item["spec"]), settings=settings, client=client, replace=item["action"] == "replace"
