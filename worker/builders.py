@@ -64,12 +64,23 @@ def builder_digest(builder: str, allowed: Sequence[str]) -> str | None:
     except (ImportError, ValueError):
         return None
     origin = found.origin if found is not None else None
-    if not origin or not os.path.isfile(origin):
+    if found is None or not origin:
         return None
     digest = hashlib.sha256()
-    with open(origin, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    if os.path.isfile(origin):
+        with open(origin, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return "sha256:" + digest.hexdigest()
+    # A module without a file of its own (in a zip, say): its source, where the loader has it.
+    get_source = getattr(found.loader, "get_source", None)
+    try:
+        source = get_source(module_name) if get_source is not None else None
+    except ImportError:
+        source = None
+    if source is None:
+        return None
+    digest.update(source.encode("utf-8"))
     return "sha256:" + digest.hexdigest()
 
 

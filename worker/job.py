@@ -42,8 +42,8 @@ from .spec import ExportSpec, ExtraBase64, ExtraText, ExtraURI
 
 log = logging.getLogger(__name__)
 
-#: Largest extra file fetched from S3 for a spec.
-MAX_EXTRA_FROM_S3 = 256 * 1024**2
+#: Largest extra file when no limit is given (EXPORT_MAX_EXTRA_FILE_BYTES).
+MAX_EXTRA_FILE_BYTES = 256 * 1024**2
 #: Seconds a job that lost the publish race waits for the winner's manifest.
 CONFLICT_WAIT = 30.0
 #: Largest object one CopyObject may copy; larger replacements use a multipart copy.
@@ -83,11 +83,11 @@ def export_keys(spec: ExportSpec, torch_version: str) -> Keys:
     return Keys(artifact=uri, manifest=manifest_uri_for(uri))
 
 
-def resolve_extra_files(spec: ExportSpec, client: Any) -> dict[str, bytes]:
+def resolve_extra_files(spec: ExportSpec, client: Any, limit: int = MAX_EXTRA_FILE_BYTES) -> dict[str, bytes]:
     """The spec's extra files as bytes (text, base64, or fetched from S3).
 
     Raises:
-        SpecError: a reserved name, an object that is missing or too large.
+        SpecError: a reserved name, an object that is missing, a file over ``limit`` bytes.
     """
     out: dict[str, bytes] = {}
     for name, source in spec.extra_files.items():
@@ -100,11 +100,15 @@ def resolve_extra_files(spec: ExportSpec, client: Any) -> dict[str, bytes]:
         elif isinstance(source, ExtraBase64):
             out[name] = decode_base64(name, source.base64)
         elif isinstance(source, ExtraURI):
-            out[name] = _fetch_extra(client, name, source.uri)
+            out[name] = _fetch_extra(client, name, source.uri, limit)
+        if len(out[name]) > limit:
+            raise SpecError(
+                f"extra_files.{name}: {len(out[name])} bytes, over EXPORT_MAX_EXTRA_FILE_BYTES ({limit} bytes)"
+            )
     return out
 
 
-def _fetch_extra(client: Any, name: str, uri: str) -> bytes:
+def _fetch_extra(client: Any, name: str, uri: str, limit: int) -> bytes:
     from botocore.exceptions import ClientError
 
     from serializer.retry import error_code
@@ -112,8 +116,11 @@ def _fetch_extra(client: Any, name: str, uri: str) -> bytes:
     target = parse_s3_uri(uri)
     try:
         head = client.head_object(Bucket=target.bucket, Key=target.key)
-        if head["ContentLength"] > MAX_EXTRA_FROM_S3:
-            raise SpecError(f"extra_files.{name}: {uri} is larger than {MAX_EXTRA_FROM_S3} bytes")
+        if head["ContentLength"] > limit:
+            raise SpecError(
+                f"extra_files.{name}: {uri} holds {head['ContentLength']} bytes, "
+                f"over EXPORT_MAX_EXTRA_FILE_BYTES ({limit} bytes)"
+            )
         return bytes(client.get_object(Bucket=target.bucket, Key=target.key)["Body"].read())
     except ClientError as exc:
         if error_code(exc) in ("404", "NoSuchKey", "NoSuchBucket", "403", "AccessDenied"):
@@ -205,14 +212,16 @@ def run_export(
         log.info("export %s already at %s; skipped", spec.spec_hash[:16], keys.artifact)
         return result_of(done, keys, skipped=True)
     # Replacing an export: the new archive goes to a staging key first and is verified
-    # there; the old archive and manifest stay untouched until it passed.
-    replacing = done is not None
+    # there; the old archive and manifest stay untouched until it passed.  (An archive left
+    # without its manifest by a failed replacement is replaced the same way.)
+    replacing = replace and (done is not None or _object_exists(client, keys.artifact))
+    promoted = False
     upload_uri = _staging_uri(keys) if replacing else keys.artifact
 
     started = time.monotonic()
     report(Stage.BUILDING, {})
     device = resolve_device(spec.device)
-    extras = resolve_extra_files(spec, client)
+    extras = resolve_extra_files(spec, client, settings.max_extra_file_bytes)
     module = build_module(spec, settings.allowed_builders, device)
     if spec.weights:
         load_weights(module, client, spec.weights, settings.spool_dir)
@@ -285,6 +294,7 @@ def run_export(
         report(Stage.PUBLISHING, {"bytes": info.size})
         if replacing:
             info = _promote(client, info, keys.artifact)
+            promoted = True
         manifest = build_manifest(
             info,
             spec=spec.to_json_dict(),
@@ -297,6 +307,10 @@ def run_export(
     except BaseException:
         if not replacing:
             _delete_quietly(client, keys.artifact)
+        elif promoted:
+            # The old manifest no longer describes the archive: no manifest is better than a
+            # wrong one.  A retry replaces the archive again; the sweeper removes it if none comes.
+            _delete_quietly(client, keys.manifest)
         raise
     finally:
         if replacing:
@@ -320,6 +334,21 @@ def verify_archive(
         atol=atol,
         rtol=rtol,
     )
+
+
+def _object_exists(client: Any, uri: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    from serializer.retry import error_code
+
+    target = parse_s3_uri(uri)
+    try:
+        client.head_object(Bucket=target.bucket, Key=target.key)
+    except ClientError as exc:
+        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
 
 
 def _staging_uri(keys: Keys) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
-from serializer.errors import ManifestError, SerializerError
+from serializer.errors import InvalidURI, ManifestError, SerializerError
 from serializer.manifest import MANIFEST_SUFFIX, Manifest, read_manifest
 from serializer.retry import error_code
 from serializer.s3uri import parse_s3_uri
@@ -97,24 +97,30 @@ class Decision:
 
 def is_catalog(source: str) -> bool:
     """Whether ``source`` names a catalog file rather than an ``s3://`` prefix of manifests."""
-    return source.lower().endswith(JSONL_SUFFIXES + YAML_SUFFIXES)
+    return not source.endswith("/") and source.lower().endswith(JSONL_SUFFIXES + YAML_SUFFIXES)
 
 
 def check_source(source: str) -> str:
-    """Validate a selection: an ``s3://bucket[/prefix]``, or a catalog path or URI.
+    """Validate a selection: an ``s3://bucket[/prefix]``, or a catalog path or URI.  A
+    trailing ``/`` always means a prefix (a folder may be named like a catalog).
 
     Raises:
         SpecError: naming what is wrong.
     """
-    if is_catalog(source):
-        if source.startswith("s3://"):
-            parse_s3_uri(source)
-        return source
-    if not source.startswith("s3://"):
-        kinds = ", ".join(JSONL_SUFFIXES + YAML_SUFFIXES)
-        raise SpecError(f"selection {source!r} is neither an s3://bucket/prefix nor a catalog ({kinds})")
-    parse_s3_uri(source, require_key=False)
-    return source.rstrip("/")
+    try:
+        if is_catalog(source):
+            if source.startswith("s3://"):
+                parse_s3_uri(source)
+            return source
+        if not source.startswith("s3://"):
+            kinds = ", ".join(JSONL_SUFFIXES + YAML_SUFFIXES)
+            raise SpecError(f"selection {source!r} is neither an s3://bucket/prefix nor a catalog ({kinds})")
+        parse_s3_uri(source, require_key=False)
+    except InvalidURI as exc:
+        raise SpecError(f"selection {source!r}: {exc}") from exc
+    # Kept with its trailing "/" where the name would read as a catalog.
+    stripped = source.rstrip("/")
+    return source if is_catalog(stripped) else stripped
 
 
 def list_manifests(client: Any, prefix_uri: str, *, start_after: str | None = None) -> Iterator[str]:

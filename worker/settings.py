@@ -34,6 +34,18 @@ class ScheduleEntry(BaseModel):
     cron: str | None = Field(default=None, description="crontab expression: minute hour day-of-month month day-of-week")
     every: float | None = Field(default=None, gt=0, description="seconds between runs, instead of cron")
 
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        from serializer.s3uri import parse_s3_uri
+
+        catalog = v.lower().endswith((".jsonl", ".ndjson", ".yaml", ".yml"))
+        if v.startswith("s3://"):
+            parse_s3_uri(v, require_key=catalog)
+        elif not catalog:
+            raise ValueError(f"source {v!r} is neither an s3://bucket/prefix nor a catalog (.jsonl, .yaml)")
+        return v
+
     @field_validator("cron")
     @classmethod
     def _cron(cls, v: str | None) -> str | None:
@@ -131,6 +143,9 @@ class Settings(BaseSettings):
     time_limit: int = Field(default=3600, ge=1, description="seconds; the worker process is killed")
     visibility_timeout: int = Field(
         default=4000, ge=1, description="seconds before Redis redelivers an unacknowledged job"
+    )
+    max_extra_file_bytes: ByteSize = Field(
+        default=256 * 1024**2, ge=1, description="largest extra file a spec may carry (bytes, or e.g. 16MiB)"
     )
     bulk_window: int = Field(
         default=64, ge=1, le=100_000, description="jobs a bulk re-export keeps queued or running at once"
