@@ -102,6 +102,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             # A run that could not start in one period is not worth starting late.
             "options": {"queue": CPU_QUEUE, "expires": entry.every or 3600},
         }
+    if settings.sweep_prefixes:
+        schedule["sweep-stale-uploads"] = {
+            "task": "worker.tasks.sweep_stale",
+            "schedule": timedelta(seconds=settings.sweep_every),
+            "options": {"queue": CPU_QUEUE, "expires": settings.sweep_every},
+        }
     return schedule
 
 

@@ -147,6 +147,14 @@ class Settings(BaseSettings):
     max_extra_file_bytes: ByteSize = Field(
         default=256 * 1024**2, ge=1, description="largest extra file a spec may carry (bytes, or e.g. 16MiB)"
     )
+    sweep_prefixes: CommaList = Field(
+        default=(),
+        description="comma-separated s3://bucket/prefix list the sweeper cleans (stale uploads, staging, orphans)",
+    )
+    sweep_after: int | None = Field(
+        default=None, ge=1, description="seconds after which an upload or orphan is stale; default: visibility timeout"
+    )
+    sweep_every: float = Field(default=3600.0, gt=0, description="seconds between sweeps scheduled by beat")
     bulk_window: int = Field(
         default=64, ge=1, le=100_000, description="jobs a bulk re-export keeps queued or running at once"
     )
@@ -172,12 +180,22 @@ class Settings(BaseSettings):
                 f"(got {self.soft_time_limit}, {self.time_limit}, {self.visibility_timeout}); "
                 "otherwise Redis redelivers jobs that are still running"
             )
+        if self.sweep_after is not None and self.sweep_after <= self.time_limit:
+            raise ValueError(
+                f"need EXPORT_SWEEP_AFTER > EXPORT_TIME_LIMIT (got {self.sweep_after}, {self.time_limit}): "
+                "a live export's upload must never look stale"
+            )
         if self.bulk_lock_ttl is not None and self.bulk_lock_ttl <= self.time_limit:
             raise ValueError(
                 f"need EXPORT_BULK_LOCK_TTL > EXPORT_TIME_LIMIT (got {self.bulk_lock_ttl}, {self.time_limit}): "
                 "one export may run that long without a sign of progress"
             )
         return self
+
+    @property
+    def stale_after(self) -> int:
+        """Seconds after which an upload, staging object or orphan archive is stale."""
+        return self.sweep_after or self.visibility_timeout
 
     @property
     def lock_ttl(self) -> int:

@@ -221,3 +221,15 @@ def reexport_item(self: Task, run_id: str, item: dict[str, Any]) -> dict[str, An
                 report = run.finalize(client)
                 self.backend.store_result(run_id, report, "SUCCESS")
     return {"outcome": outcome, "error": error}
+
+
+@app.task(bind=True, name="worker.tasks.sweep_stale", acks_late=True)
+def sweep_stale(self: Task, prefixes: list[str] | None = None, older_than: float | None = None) -> dict[str, int]:
+    """Abort stale multipart uploads and delete stale staging objects and orphan archives
+    under ``prefixes`` (default ``EXPORT_SWEEP_PREFIXES``); see worker/sweeper.py."""
+    from .sweeper import sweep
+
+    settings: Settings = self.app.conf.export_settings
+    chosen = list(prefixes if prefixes is not None else settings.sweep_prefixes)
+    age = older_than if older_than is not None else settings.stale_after
+    return sweep(s3_client(settings), chosen, older_than=age).as_dict()
