@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from typing import Any
@@ -79,7 +80,8 @@ def export_model(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
     task_id = self.request.id
 
     def progress(stage: Stage, info: dict[str, Any]) -> None:
-        self.update_state(task_id=task_id, state="PROGRESS", meta={"stage": stage.value, "name": parsed.name, **info})
+        meta = {"stage": stage.value, "name": parsed.name, "pid": os.getpid(), **info}
+        self.update_state(task_id=task_id, state="PROGRESS", meta=meta)
 
     try:
         return run_export(parsed, settings=settings, client=s3_client(settings), progress=progress)

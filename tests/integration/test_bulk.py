@@ -6,7 +6,6 @@ so the workers started here are the only ones serving their jobs.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -21,16 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import Celery
 
 from serializer.client import make_s3_client
 from worker.bulk import PREFIX, BulkRun, RunKeys
 from worker.errors import ExportError
-from worker.local_services import celery_worker as celery_worker_process
 from worker.local_services import stop_process
 from worker.settings import Settings
 
-from .conftest import ALLOWED_BUILDERS, ROOT, TEST_ENV
+from .conftest import ROOT
+from .services import client_app as _client_app
+from .services import db_url as _url
+from .services import running_worker as _worker
+from .services import tail as _tail
+from .services import worker_env as _env
 
 #: Redis databases: the shared bulk worker's, and the one the interruption test owns.
 BULK_DB, RESUME_DB = 3, 4
@@ -39,53 +41,6 @@ WORKER_START_TIMEOUT = 60.0
 RUN_TIMEOUT = 240.0
 INPUTS = [{"shape": [2, 8], "dtype": "float32"}]
 TINY = {"in_features": 8, "hidden": 8, "classes": 3}
-
-
-def _url(redis_server: str, db: int) -> str:
-    return redis_server.rsplit("/", 1)[0] + f"/{db}"
-
-
-def _env(broker: str, endpoint: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXPORT_", "CELERY_", "AWS_ENDPOINT_URL"))}
-    env.update(TEST_ENV)
-    env.update(
-        {
-            "CELERY_BROKER_URL": broker,
-            "CELERY_RESULT_BACKEND": broker,
-            "EXPORT_ALLOWED_BUILDERS": ALLOWED_BUILDERS,
-            "AWS_ENDPOINT_URL_S3": endpoint,
-            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
-            "PYTHONUNBUFFERED": "1",
-            "EXPORT_BULK_WINDOW": "8",
-        }
-    )
-    env.update(extra)
-    return env
-
-
-def _client_app(broker: str) -> Celery:
-    """A Celery client of ``broker`` for sending tasks by name and reading results."""
-    app = Celery("bulk-tests", broker=broker, backend=broker)
-    app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
-    return app
-
-
-@contextlib.contextmanager
-def _worker(app: Celery, env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    node = f"bulk-tests-{uuid.uuid4().hex[:8]}@%h"
-    with celery_worker_process(env, concurrency=2, log_path=str(log_path), node=node, cwd=str(ROOT)) as proc:
-        deadline = time.monotonic() + WORKER_START_TIMEOUT
-        while not app.control.ping(timeout=0.5):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"bulk test worker did not start:\n{_tail(log_path)}")
-        yield proc
-
-
-def _tail(path: Path, lines: int = 80) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(no log: {exc})"
 
 
 class Bulk:
@@ -297,9 +252,9 @@ def test_dry_run_enqueues_nothing(bulk: Bulk) -> None:
     runs = set(bulk.redis.scan_iter(f"{PREFIX}run:*"))
     queued = bulk.redis.llen("cpu")
 
+    command = ["reexport", f"s3://{bucket}/models", "--policy", "always", "--dry-run", "--json"]
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "reexport", f"s3://{bucket}/models", "--policy", "always", "--dry-run"]
-        + ["--json"],
+        [sys.executable, "-m", "worker.cli", *command],
         env=bulk.env,
         cwd=ROOT,
         capture_output=True,
