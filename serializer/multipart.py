@@ -324,18 +324,22 @@ class MultipartWriter:
         if self._if_none_match:
             args["IfNoneMatch"] = "*"
         body = memoryview(self._buf)[: self._fill]
-        try:
-            resp = self._retry.call(
-                lambda: self._client.put_object(
-                    Bucket=self.bucket, Key=self.key, Body=MemoryBody(body), ContentLength=len(body), **args
-                ),
-                retry_if=_retry_unless_conflict,
+        sends = [0]
+
+        def put() -> Any:
+            sends[0] += 1
+            return self._client.put_object(
+                Bucket=self.bucket, Key=self.key, Body=MemoryBody(body), ContentLength=len(body), **args
             )
+
+        try:
+            resp = self._retry.call(put, retry_if=_retry_unless_conflict)
         except ClientError as exc:
             # A put whose success reply was lost is retried (by botocore or by us) and then
-            # meets its own object: the same bytes under the key mean it is ours.
+            # meets its own object: the same bytes under the key mean it is ours.  A conflict
+            # on the first send is another writer's object, whatever its bytes.
             expected = f'"{hashlib.md5(body, usedforsecurity=False).hexdigest()}"'
-            if not (_is_conflict(exc) and self._object_etag() == expected):
+            if not (_is_conflict(exc) and _resent(exc, sends[0]) and self._object_etag() == expected):
                 raise
             resp = {"ETag": expected}
         if self._progress is not None:
@@ -353,7 +357,10 @@ class MultipartWriter:
             args["IfNoneMatch"] = "*"
         expected_etag = _multipart_etag([p["ETag"] for p in parts])
 
+        sends = [0]
+
         def complete() -> Any:
+            sends[0] += 1
             return self._client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=self.key,
@@ -367,8 +374,10 @@ class MultipartWriter:
                 resp = self._retry.call(complete, retry_if=_retry_unless_conflict)
                 break
             except Exception as exc:
-                if _is_conflict(exc) and self._object_etag() == expected_etag:
-                    # Our own Complete, retried after its reply was lost.
+                if _is_conflict(exc) and _resent(exc, sends[0]) and self._object_etag() == expected_etag:
+                    # Our own Complete, retried after its reply was lost.  (On the first send a
+                    # conflict is another writer's object, even one with the same bytes: two
+                    # processes saving one module the same way produce identical archives.)
                     resp = {"ETag": expected_etag}
                     break
                 if error_code(exc) != "NoSuchUpload" or attempt == NO_SUCH_UPLOAD_RETRIES:
@@ -445,6 +454,15 @@ class MultipartWriter:
 
 def _is_conflict(exc: BaseException) -> bool:
     return error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict") or http_status(exc) == 412
+
+
+def _resent(exc: BaseException, sends: int) -> bool:
+    """Whether the request that met ``exc`` may have been sent before (by us or by botocore's
+    own retries), so that an earlier send may have succeeded with its reply lost."""
+    if sends > 1:
+        return True
+    response = getattr(exc, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0) > 0
 
 
 def _retry_unless_conflict(exc: BaseException) -> bool:

@@ -303,8 +303,15 @@ def run_export(
             verification=verification,
             metadata=spec.metadata,
         )
-        write_manifest(client, keys.manifest, manifest, if_none_match=settings.conditional_publish and not replacing)
-    except BaseException:
+        try:
+            write_manifest(
+                client, keys.manifest, manifest, if_none_match=settings.conditional_publish and not replacing
+            )
+        except ObjectExists:
+            return _adopt_winner(client, keys, info)
+    except BaseException as exc:
+        if isinstance(exc, ExportConflict):
+            raise  # the archive is not provably this job's: leave it
         if not replacing:
             _delete_quietly(client, keys.artifact)
         elif promoted:
@@ -369,6 +376,18 @@ def _promote(client: Any, staged: ArchiveInfo, artifact_uri: str) -> ArchiveInfo
         client.copy(copy_source, target.bucket, target.key)
         etag = str(client.head_object(Bucket=target.bucket, Key=target.key)["ETag"])
     return dataclasses.replace(staged, uri=artifact_uri, etag=etag, version_id=None)
+
+
+def _adopt_winner(client: Any, keys: Keys, info: ArchiveInfo) -> dict[str, Any]:
+    """Another job published the manifest first.  Its archive is the one stored (the archive
+    key is written once): where its manifest describes these bytes, the export is done."""
+    done = _existing(client, keys)
+    if done is not None and done.artifact.sha256 == info.sha256:
+        return result_of(done, keys, skipped=True)
+    raise ExportConflict(
+        f"{keys.manifest} was published by another job for other bytes than {keys.artifact} holds; "
+        "check the export with exportctl verify"
+    )
 
 
 def _await_winner(client: Any, keys: Keys) -> dict[str, Any]:

@@ -527,6 +527,22 @@ def test_if_none_match_between_two_racing_writers(s3: Any, bucket: str) -> None:
     assert open_uploads(s3, bucket) == []
 
 
+@pytest.mark.parametrize("size", [PART // 2, PART + 100], ids=["put", "multipart"])
+def test_two_writers_of_identical_bytes_one_wins_the_other_is_refused(s3: Any, bucket: str, size: int) -> None:
+    # Two processes saving one module the same way write identical archives: the loser must
+    # not take the winner's object for its own (it would go on to publish a manifest too).
+    data = payload(size, seed=19)
+    a = MultipartWriter(s3, bucket, "model.pt", part_size=PART, if_none_match=True, retry=NO_WAIT)
+    b = MultipartWriter(s3, bucket, "model.pt", part_size=PART, if_none_match=True, retry=NO_WAIT)
+    a.write(data)
+    b.write(data)
+    a.close()
+    with pytest.raises(ObjectExists):
+        b.close()
+    assert read_back(s3, bucket, "model.pt") == data
+    assert open_uploads(s3, bucket) == []
+
+
 # -- Complete and NoSuchUpload ------------------------------------------------------------
 
 
