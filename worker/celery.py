@@ -64,6 +64,12 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_transport_options=transport,
         result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
+        # Results (and progress) written while Redis restarts are retried, not lost: a job
+        # whose result cannot be stored would otherwise be rejected and never run again.
+        result_backend_always_retry=True,
+        result_backend_max_retries=30,
+        result_backend_base_sleep_between_retries_ms=100,
+        result_backend_max_sleep_between_retries_ms=5000,
         result_expires=settings.result_expires,
         result_extended=True,
         task_track_started=True,

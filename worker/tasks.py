@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 RETRY_BASE = 2.0
 #: Longest wait between retries.
 RETRY_CAP = 120.0
+#: Seconds before a job whose worker process died runs again.
+WORKER_LOST_DELAY = 5.0
 
 _client: Any = None
 _redis: Any = None
@@ -65,7 +67,15 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, BotoCoreError | ClientError) and is_transient(exc)
 
 
-@app.task(bind=True, name="worker.tasks.export_model", max_retries=None, acks_late=True)
+@app.task(
+    bind=True,
+    name="worker.tasks.export_model",
+    acks_late=True,
+    # A job whose process died (OOM kill, kill -9) runs again after WORKER_LOST_DELAY
+    # seconds, at most EXPORT_TASK_MAX_RETRIES times.
+    max_retries=app.conf.export_settings.task_max_retries,
+    default_retry_delay=WORKER_LOST_DELAY,
+)
 def export_model(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
     """Export the model ``spec`` names (see CONTRACT.md); returns the result dict.
 
@@ -169,7 +179,14 @@ def reexport(
     raise Ignore()
 
 
-@app.task(bind=True, name="worker.tasks.reexport_item", acks_late=True, ignore_result=True, max_retries=None)
+@app.task(
+    bind=True,
+    name="worker.tasks.reexport_item",
+    acks_late=True,
+    ignore_result=True,
+    max_retries=app.conf.export_settings.task_max_retries,
+    default_retry_delay=WORKER_LOST_DELAY,
+)
 def reexport_item(self: Task, run_id: str, item: dict[str, Any]) -> dict[str, Any]:
     """One export of a bulk run; whatever happens to it is counted, and frees its slot."""
     settings: Settings = self.app.conf.export_settings
