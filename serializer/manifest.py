@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .archive import ArchiveInfo
 from .errors import InvalidURI, ManifestError
 from .extras import MANIFEST_NAME, ExtraFileInfo
-from .retry import error_code
+from .retry import error_code, is_transient
 from .s3uri import parse_s3_uri
 
 #: Version of the manifest's layout; readers refuse versions newer than they know.
@@ -230,7 +230,8 @@ def read_manifest(client: Any, uri: str) -> Manifest:
     """Fetch and validate the manifest at ``uri`` (a manifest's URI or its artifact's).
 
     Raises:
-        ManifestError: missing or invalid.
+        ManifestError: missing, unreadable or invalid.
+        ClientError: a transient store error (5xx, throttling), after botocore's retries.
     """
     if uri.endswith(ARTIFACT_SUFFIX):
         uri = manifest_uri_for(uri)
@@ -241,6 +242,8 @@ def read_manifest(client: Any, uri: str) -> Manifest:
         code = error_code(exc)
         if code in ("NoSuchKey", "NoSuchBucket", "404"):
             raise ManifestError(f"no manifest at {uri} ({code})") from exc
+        if is_transient(exc):
+            raise  # a store that failed to answer: the caller may try again
         raise ManifestError(f"cannot read manifest {uri}: {code or exc}") from exc
     return Manifest.from_json(body)
 

@@ -374,28 +374,35 @@ class MultipartWriter:
                 resp = self._retry.call(complete, retry_if=_retry_unless_conflict)
                 break
             except Exception as exc:
-                if _is_conflict(exc) and _resent(exc, sends[0]) and self._object_etag() == expected_etag:
-                    # Our own Complete, retried after its reply was lost.  (On the first send a
-                    # conflict is another writer's object, even one with the same bytes: two
-                    # processes saving one module the same way produce identical archives.)
+                conflict = _is_conflict(exc)
+                # A Complete whose reply was lost leaves the object committed: a resend meets
+                # a conflict or NoSuchUpload, and a reply lost on every try leaves only the
+                # error.  The object's ETag tells whether it is ours.  (On the first send a
+                # conflict is another writer's object, even one with the same bytes: two
+                # processes saving one module the same way produce identical archives.)
+                may_be_ours = _resent(exc, sends[0]) if conflict else True
+                if may_be_ours and self._object_etag() == expected_etag:
                     resp = {"ETag": expected_etag}
                     break
-                if error_code(exc) != "NoSuchUpload" or attempt == NO_SUCH_UPLOAD_RETRIES:
+                if conflict or error_code(exc) != "NoSuchUpload" or attempt == NO_SUCH_UPLOAD_RETRIES:
                     raise
-                # A Complete whose reply was lost leaves the object committed and the id
-                # gone: the object's ETag tells whether it is ours.
-                if self._object_etag() == expected_etag:
-                    resp = {"ETag": expected_etag}
-                    break
                 self._retry.sleep(self._retry.delay(attempt))
         self._upload_id = None
         return self._result(resp, parts=len(parts))
 
     def _object_etag(self) -> str | None:
+        """The ETag under the key, or None where there is no object.
+
+        Raises:
+            ClientError, BotoCoreError: the store could not say (after retries): whether the
+                object is ours is unknown, and the caller's error stands as transient.
+        """
         try:
-            return str(self._client.head_object(Bucket=self.bucket, Key=self.key)["ETag"])
-        except Exception:  # noqa: BLE001 - absent or unreadable both mean "not ours"
-            return None
+            return str(self._retry.call(lambda: self._client.head_object(Bucket=self.bucket, Key=self.key))["ETag"])
+        except ClientError as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
 
     def _result(self, resp: Mapping[str, Any], *, parts: int) -> UploadResult:
         return UploadResult(

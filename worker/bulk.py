@@ -488,12 +488,26 @@ def target_lock_ttl(settings: Settings) -> int:
     return settings.time_limit + min(60, settings.time_limit // 4 + 1)
 
 
-def target_lock(redis: Any, target: str, ttl: int) -> Callable[[], None] | None:
-    """Hold the lock of one export's keys; returns its release, or None if another holds it."""
-    key = f"{PREFIX}target:{_digest(target)}"
-    token = uuid.uuid4().hex
+def _target_key(target: str) -> str:
+    return f"{PREFIX}target:{_digest(target)}"
+
+
+def target_locked(redis: Any, target: str) -> bool:
+    """Whether some job holds the lock of the export at ``target``."""
+    return bool(redis.exists(_target_key(target)))
+
+
+def target_lock(redis: Any, target: str, ttl: int, owner: str | None = None) -> Callable[[], None] | None:
+    """Hold the lock of one export's keys; returns its release, or None if another holds it.
+
+    ``owner`` (a task id) takes back a lock its own earlier attempt held when its process died.
+    """
+    key = _target_key(target)
+    token = owner or uuid.uuid4().hex
     if not redis.set(key, token, nx=True, ex=ttl):
-        return None
+        if owner is None or redis.get(key) != owner.encode():
+            return None
+        redis.expire(key, ttl)
     script = redis.register_script(_LOCK_OWNED)
     return lambda: script(keys=[key], args=[token, 0])
 

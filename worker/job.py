@@ -189,6 +189,8 @@ def run_export(
     client: Any,
     progress: Progress | None = None,
     replace: bool = False,
+    exclusive: bool = False,
+    other_running: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Build, script, stream, verify and publish one export.
 
@@ -198,8 +200,11 @@ def run_export(
     Where the export already exists it is skipped, unless ``replace``: then the new archive
     is uploaded to a staging key, verified there, copied over the old archive (server side)
     and the manifest rewritten; a failure before the copy leaves the old export as it was.
-    Concurrent replacements of one export must be kept apart by the caller (the bulk
-    re-export holds a lock per target).
+    Concurrent replacements of one export must be kept apart by the caller (the tasks hold
+    a lock per export in Redis).  ``exclusive`` says the caller holds it: no other job writes
+    these keys now, so an archive found without its manifest was left by a job that died,
+    and is replaced the same way.  ``other_running`` says whether another job is exporting
+    the same keys: a job that loses the publish race waits for its manifest while it runs.
 
     Raises:
         ExportError subclasses (permanent), or botocore errors (transient, for the task to retry).
@@ -214,7 +219,9 @@ def run_export(
     # Replacing an export: the new archive goes to a staging key first and is verified
     # there; the old archive and manifest stay untouched until it passed.  (An archive left
     # without its manifest by a failed replacement is replaced the same way.)
-    replacing = replace and (done is not None or _object_exists(client, keys.artifact))
+    replacing = (replace and done is not None) or (
+        done is None and (replace or exclusive) and _object_exists(client, keys.artifact)
+    )
     promoted = False
     upload_uri = _staging_uri(keys) if replacing else keys.artifact
 
@@ -276,7 +283,7 @@ def run_export(
             on_size=on_size,
         )
     except ObjectExists:
-        return _await_winner(client, keys)
+        return _await_winner(client, keys, other_running)
     finally:
         with lock:
             uploading[0] = False
@@ -390,10 +397,11 @@ def _adopt_winner(client: Any, keys: Keys, info: ArchiveInfo) -> dict[str, Any]:
     )
 
 
-def _await_winner(client: Any, keys: Keys) -> dict[str, Any]:
-    """Another worker published the same artifact first: wait for its manifest."""
+def _await_winner(client: Any, keys: Keys, other_running: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Another worker published the same artifact first: wait for its manifest (at least
+    CONFLICT_WAIT seconds, and for as long as ``other_running`` says it is at work)."""
     deadline = time.monotonic() + CONFLICT_WAIT
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline or (other_running is not None and other_running()):
         done = _existing(client, keys)
         if done is not None:
             return result_of(done, keys, skipped=True)

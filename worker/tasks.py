@@ -21,7 +21,7 @@ from serializer.retry import is_transient
 from . import bulk
 from .celery import app
 from .errors import ExportError
-from .job import Stage, run_export
+from .job import Stage, export_keys, run_export
 from .selection import Planner, check_source
 from .settings import Settings
 from .spec import ExportSpec, parse_spec
@@ -47,6 +47,12 @@ def s3_client(settings: Settings) -> Any:
             max_pool_connections=settings.max_in_flight + 2, checksum_mode=settings.s3_checksum_mode
         )
     return _client
+
+
+def torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
 
 
 def redis_client(settings: Settings) -> Any:
@@ -93,8 +99,24 @@ def export_model(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
         meta = {"stage": stage.value, "name": parsed.name, "pid": os.getpid(), **info}
         self.update_state(task_id=task_id, state="PROGRESS", meta=meta)
 
+    # One job per export at a time: a second delivery of the same spec waits for the first
+    # (and then finds it done), and an archive left by a dead job is known to be an orphan.
+    # One job per export at a time: an archive found without its manifest by the holder of
+    # the export's lock was left by a job that died; a job that does not get the lock (the
+    # same spec delivered twice) runs on, loses the conditional publish, and waits for the
+    # holder's manifest for as long as the holder is alive.
+    redis = redis_client(settings)
+    target = export_keys(parsed, torch_version()).artifact
+    release = bulk.target_lock(redis, target, bulk.target_lock_ttl(settings), owner=task_id)
     try:
-        return run_export(parsed, settings=settings, client=s3_client(settings), progress=progress)
+        return run_export(
+            parsed,
+            settings=settings,
+            client=s3_client(settings),
+            progress=progress,
+            exclusive=release is not None,
+            other_running=lambda: bulk.target_locked(redis, target),
+        )
     except (ExportError, SoftTimeLimitExceeded):
         raise
     except (SerializerError, BotoCoreError, ClientError, RedisConnectionError, RedisTimeoutError) as exc:
@@ -103,6 +125,9 @@ def export_model(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
             log.warning("export %s: transient error, retry in %.1f s: %s", parsed.name, delay, exc)
             raise self.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries) from exc
         raise
+    finally:
+        if release is not None:
+            release()
 
 
 def submit_export(spec: dict[str, Any] | ExportSpec, **options: Any) -> Any:
@@ -205,7 +230,7 @@ def reexport_item(self: Task, run_id: str, item: dict[str, Any]) -> dict[str, An
     outcome, error = "failed", None
     release = None
     if status != "superseded":  # an interrupted run's leftover jobs export nothing: its successor does
-        release = bulk.target_lock(redis, item["target"], bulk.target_lock_ttl(settings))
+        release = bulk.target_lock(redis, item["target"], bulk.target_lock_ttl(settings), owner=self.request.id)
         if release is None:
             # Another export of this target is running (or died holding the lock, which then
             # expires): try again once it is over.
@@ -216,7 +241,11 @@ def reexport_item(self: Task, run_id: str, item: dict[str, Any]) -> dict[str, An
             outcome = "superseded"
         else:
             result = run_export(
-                parse_spec(item["spec"]), settings=settings, client=client, replace=item["action"] == "replace"
+                parse_spec(item["spec"]),
+                settings=settings,
+                client=client,
+                replace=item["action"] == "replace",
+                exclusive=True,
             )
             outcome = "skipped" if result["skipped"] else "exported"
     except (SerializerError, BotoCoreError, ClientError, RedisConnectionError, RedisTimeoutError) as exc:
