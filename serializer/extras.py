@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ class ExtraFileInfo:
     offset: int
 
 
+#: ``C:`` and the like: an absolute path on Windows, whatever follows.
+_DRIVE_RE = re.compile(r"^[A-Za-z]:")
+
+
 def validate_extra_name(name: str) -> str:
     """Check an extra file's name and return it.
 
@@ -58,6 +63,8 @@ def validate_extra_name(name: str) -> str:
         raise InvalidExtraFile(f"extra file name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
     if name.startswith("/"):
         raise InvalidExtraFile(f"extra file name {name!r} is absolute; use a relative path")
+    if _DRIVE_RE.match(name):
+        raise InvalidExtraFile(f"extra file name {name!r} starts with a drive letter; use a relative path")
     if "\\" in name:
         raise InvalidExtraFile(f"extra file name {name!r} contains a backslash; use '/' between segments")
     segments = name.split("/")

@@ -20,11 +20,11 @@ from importlib import metadata
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .archive import ArchiveInfo
 from .errors import InvalidURI, ManifestError
-from .extras import MANIFEST_NAME, ExtraFileInfo
+from .extras import MANIFEST_NAME, ExtraFileInfo, validate_extra_name
 from .retry import error_code, is_transient
 from .s3uri import parse_s3_uri
 
@@ -61,6 +61,12 @@ class ExtraFileEntry(_Model):
     size: int = Field(ge=0)
     sha256: str = Field(pattern=_SHA256)
     offset: int = Field(ge=0, description="byte offset of the file's data in the archive")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        # A consumer may write extra files out by these names: none may leave its folder.
+        return validate_extra_name(v)
 
 
 class Producer(_Model):

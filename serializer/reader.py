@@ -17,6 +17,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from .errors import ArchiveError, ManifestError
+from .extras import validate_extra_name
 from .manifest import Manifest
 from .s3uri import parse_s3_uri
 from .zipindex import CentralDirectoryTooLarge, local_data_offset, parse_central_directory
@@ -125,8 +126,10 @@ def read_extra_file(client: Any, uri: str, name: str, *, manifest: Manifest | No
     over 64 KiB), checked against its CRC.
 
     Raises:
+        InvalidExtraFile: ``name`` is not a safe relative name (no ``..``, no absolute path).
         ArchiveError: no such extra file, or its bytes do not match.
     """
+    validate_extra_name(name)
     if manifest is not None:
         listed = next((e for e in manifest.extra_files if e.name == name), None)
         if listed is None:

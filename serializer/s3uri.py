@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import NamedTuple
 
 from .errors import InvalidURI
@@ -36,7 +37,7 @@ def parse_s3_uri(uri: str, *, require_key: bool = True) -> S3URI:
     """
     if not isinstance(uri, str) or not uri.startswith("s3://"):
         raise InvalidURI(f"not an s3:// URI: {uri!r}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in uri):
+    if any(unicodedata.category(c) == "Cc" for c in uri):  # C0, DEL and C1 controls
         raise InvalidURI(f"control characters in URI {uri!r}")
     bucket, _, key = uri[5:].partition("/")
     if not _BUCKET_RE.match(bucket) or ".." in bucket:

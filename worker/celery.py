@@ -18,6 +18,62 @@ CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"
 
 
+#: Deepest JSON a message may carry as it is; deeper parts are cut off (see _loads_bounded).
+MAX_MESSAGE_DEPTH = 64
+
+
+def _loads_bounded(data: str | bytes) -> Any:
+    """kombu's JSON decoder, bounded in depth.
+
+    A worker's main process hands each job's decoded arguments to a pool process by
+    pickling them; arguments nested a few hundred levels deep (a 1 KB message) make the
+    pickling overflow the stack and kill the whole worker, and the next one, when Redis
+    redelivers the job.  Anything deeper than MAX_MESSAGE_DEPTH is replaced by a marker
+    nested just as deep as allowed: the job then fails its spec validation (JSON nested too
+    deep, worker/spec.py), with its message, in a pool process, and the worker lives.
+    """
+    from kombu.utils.json import loads
+
+    try:
+        value = loads(data)
+    except RecursionError:
+        return [[_too_deep()], {}, {}]  # a task message body: (args, kwargs, embed)
+    return _cut(value, MAX_MESSAGE_DEPTH)
+
+
+def _too_deep() -> dict[str, Any]:
+    marker: Any = "nested too deep"
+    for _ in range(MAX_MESSAGE_DEPTH - 1):
+        marker = [marker]
+    return {"json_nested_too_deep": marker}
+
+
+def _cut(value: Any, limit: int) -> Any:
+    """``value`` with every container deeper than ``limit`` replaced (iteratively)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        keys = list(node) if isinstance(node, dict) else range(len(node)) if isinstance(node, list) else ()
+        for key in keys:
+            child = node[key]
+            if isinstance(child, dict | list):
+                if depth + 1 >= limit:
+                    node[key] = _too_deep()
+                else:
+                    stack.append((child, depth + 1))
+    return value
+
+
+def _register_bounded_json() -> None:
+    from kombu.serialization import register
+    from kombu.utils.json import dumps
+
+    register("json", dumps, _loads_bounded, content_type="application/json", content_encoding="utf-8")
+
+
+_register_bounded_json()
+
+
 def cuda_available() -> bool:
     """Whether this host has CUDA, asked through NVML so no CUDA context is created in the
     parent (forked pool children could not use one)."""

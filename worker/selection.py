@@ -124,17 +124,28 @@ def check_source(source: str) -> str:
 
 
 def list_manifests(client: Any, prefix_uri: str, *, start_after: str | None = None) -> Iterator[str]:
-    """URIs of every manifest under ``s3://bucket/prefix``, paging through the listing."""
+    """URIs of every manifest under ``s3://bucket/prefix``, paging through the listing.
+
+    One page is held at a time: a page's keys are taken and the page dropped before the
+    next is asked for, so memory does not depend on the listing's length.
+    """
     prefix = parse_s3_uri(prefix_uri, require_key=False)
     # A prefix names a folder: s3://b/models lists models/..., not models2/...
     key = prefix.key if not prefix.key or prefix.key.endswith("/") else prefix.key + "/"
     kwargs: dict[str, Any] = {"Bucket": prefix.bucket, "Prefix": key}
     if start_after:
         kwargs["StartAfter"] = start_after
-    for page in client.get_paginator("list_objects_v2").paginate(**kwargs):
-        for item in page.get("Contents", []):
-            if item["Key"].endswith(MANIFEST_SUFFIX):
-                yield f"s3://{prefix.bucket}/{item['Key']}"
+    while True:
+        page = client.list_objects_v2(**kwargs)
+        keys = [item["Key"] for item in page.get("Contents", []) if item["Key"].endswith(MANIFEST_SUFFIX)]
+        token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+        del page
+        for manifest_key in keys:
+            yield f"s3://{prefix.bucket}/{manifest_key}"
+        del keys
+        if not token:
+            return
+        kwargs["ContinuationToken"] = token
 
 
 def iter_candidates(client: Any, source: str) -> Iterator[Candidate]:

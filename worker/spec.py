@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Annotated, Any, Literal
@@ -34,6 +35,11 @@ MAX_INPUT_ELEMENTS = 64 * 1024**2
 MAX_DIMS = 8
 #: Largest JSON size of ``kwargs`` / ``metadata`` / inline extra files / given values, in bytes.
 MAX_JSON_BYTES = 1024**2
+#: Deepest nesting of JSON in a spec (kwargs, metadata, values): a deeper job is refused
+#: before anything (Celery's pool, pydantic, the hash) recurses through it.
+MAX_JSON_DEPTH = 32
+#: Most elements of all synthesized example inputs of a spec together.
+MAX_TOTAL_ELEMENTS = 64 * 1024**2
 #: Extra-file sources.
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
 _BUILDER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
@@ -41,7 +47,8 @@ _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d{1,2})$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict types: JSON's true is not 1, "5" is not 5; no infinities or NaNs.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class TensorSpec(_Strict):
@@ -50,8 +57,9 @@ class TensorSpec(_Strict):
     dtype: str = "float32"
     shape: list[Annotated[int, Field(ge=0, le=2**31)]] | None = None
     value: Any = None
-    low: float | None = None
-    high: float | None = None
+    # int first: a bound above 2**53 stays exact.
+    low: int | float | None = None
+    high: int | float | None = None
 
     @field_validator("dtype")
     @classmethod
@@ -199,6 +207,9 @@ class ExportSpec(_Strict):
             raise ValueError("method 'trace' needs example_inputs")
         if self.verify and not self.example_inputs:
             raise ValueError("verify needs example_inputs")
+        total = sum(math.prod(t.shape) for t in self.example_inputs or [] if t.shape is not None)
+        if total > MAX_TOTAL_ELEMENTS:
+            raise ValueError(f"example_inputs hold {total} elements together, more than {MAX_TOTAL_ELEMENTS}")
         return self
 
     @property
@@ -235,10 +246,41 @@ def parse_spec(data: Any) -> ExportSpec:
         return data
     if not isinstance(data, dict):
         raise SpecError(f"a spec is a JSON object, got {type(data).__name__}")
+    check_depth(data)
     try:
-        return ExportSpec.model_validate(data)
+        # Validated as JSON text, strictly: a dict made in Python is held to what JSON means.
+        text = json.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"invalid spec: not JSON data: {exc}") from None
+    try:
+        return ExportSpec.model_validate_json(text)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}" for err in exc.errors(include_url=False)
         )
         raise SpecError(f"invalid spec: {problems}") from None
+
+
+def json_depth_exceeds(data: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """The path of the first value nested deeper than ``limit`` levels, or None (iterative:
+    deep input cannot exhaust the stack)."""
+    stack: list[tuple[Any, int, str]] = [(data, 0, "spec")]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, dict | list | tuple):
+            if depth >= limit:
+                return path
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((v, depth + 1, f"{path}.{k}") for k, v in items)
+    return None
+
+
+def check_depth(data: Any) -> None:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH.
+
+    Raises:
+        SpecError: naming where.
+    """
+    where = json_depth_exceeds(data)
+    if where is not None:
+        raise SpecError(f"invalid spec: {where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")

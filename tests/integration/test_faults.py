@@ -29,7 +29,7 @@ from worker.local_services import free_port, stop_process
 from .services import client_app, db_url, running_worker, tail, worker_env
 
 #: Redis databases of the session's redis-server used here.
-KILL_DB, DUPLICATE_DB, SOFT_LIMIT_DB = 7, 8, 9
+KILL_DB, DUPLICATE_DB, SOFT_LIMIT_DB = 11, 8, 9
 #: Trials of killing the exporting process mid-upload.
 KILL_TRIALS = 10
 #: A model large enough that its upload takes a while on loopback.
