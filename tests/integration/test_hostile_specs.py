@@ -524,7 +524,12 @@ CORPUS = [
         id="x-inner-traversal",
     ),
     case(lambda ctx: ctx.extras({"a\\b": "x"}), "SpecError", r"'a\\\\b' contains a backslash", id="x-backslash"),
-    case(lambda ctx: ctx.extras({"C:\\x": "x"}), "SpecError", r"'C:\\\\x' starts with a drive letter", id="x-windows-drive"),
+    case(
+        lambda ctx: ctx.extras({"C:\\x": "x"}),
+        "SpecError",
+        r"'C:\\\\x' starts with a drive letter",
+        id="x-windows-drive",
+    ),
     case(
         lambda ctx: ctx.extras({"C:/evil.txt": "x"}),
         "SpecError",
