@@ -173,6 +173,41 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     return schedule
 
 
+@signals.worker_init.connect
+def _init_worker(**_: Any) -> None:
+    """In the worker's main process, before the pool starts: metrics from every process."""
+    from . import metrics
+
+    settings: Settings = app.conf.export_settings
+    if settings.metrics_port is not None:
+        metrics.prepare_multiprocess_dir()
+        metrics.serve(settings.metrics_port)
+
+
+@signals.worker_shutdown.connect
+def _stop_worker(**_: Any) -> None:
+    from . import metrics
+
+    metrics.cleanup()
+
+
+@signals.worker_process_shutdown.connect
+def _pool_process_ended(pid: int | None = None, **_: Any) -> None:
+    from . import metrics
+
+    metrics.process_died(pid or os.getpid())
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _json_logs(logger: Any = None, **_: Any) -> None:
+    """``EXPORT_LOG_FORMAT=json``: every line of the worker's logs a JSON object."""
+    from . import metrics
+
+    if logger is not None and app.conf.export_settings.log_format == "json":
+        metrics.use_json_logs(logger)
+
+
 @signals.worker_process_init.connect
 def _init_pool_process(**_: Any) -> None:
     """Per pool process: one share of the cores for torch, so concurrent exports don't

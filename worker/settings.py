@@ -155,6 +155,10 @@ class Settings(BaseSettings):
         default=None, ge=1, description="seconds after which an upload or orphan is stale; default: visibility timeout"
     )
     sweep_every: float = Field(default=3600.0, gt=0, description="seconds between sweeps scheduled by beat")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="port of the worker's Prometheus /metrics; unset: no metrics"
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="worker log lines as text or JSON")
     bulk_window: int = Field(
         default=64, ge=1, le=100_000, description="jobs a bulk re-export keeps queued or running at once"
     )

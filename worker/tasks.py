@@ -18,7 +18,7 @@ from serializer.client import make_s3_client
 from serializer.errors import SerializerError, UploadFailed
 from serializer.retry import is_transient
 
-from . import bulk
+from . import bulk, metrics
 from .celery import app
 from .errors import ExportError
 from .job import Stage, export_keys, run_export
@@ -95,12 +95,13 @@ def export_model(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
     # ``self.request`` (thread-local) has no id.
     task_id = self.request.id
 
+    clock = metrics.StageClock(task_id, parsed.spec_hash, parsed.name)
+
     def progress(stage: Stage, info: dict[str, Any]) -> None:
+        clock.stage(stage.value, info)
         meta = {"stage": stage.value, "name": parsed.name, "pid": os.getpid(), **info}
         self.update_state(task_id=task_id, state="PROGRESS", meta=meta)
 
-    # One job per export at a time: a second delivery of the same spec waits for the first
-    # (and then finds it done), and an archive left by a dead job is known to be an orphan.
     # One job per export at a time: an archive found without its manifest by the holder of
     # the export's lock was left by a job that died; a job that does not get the lock (the
     # same spec delivered twice) runs on, loses the conditional publish, and waits for the
@@ -108,26 +109,34 @@ def export_model(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
     redis = redis_client(settings)
     target = export_keys(parsed, torch_version()).artifact
     release = bulk.target_lock(redis, target, bulk.target_lock_ttl(settings), owner=task_id)
+    outcome = "failed"
     try:
-        return run_export(
-            parsed,
-            settings=settings,
-            client=s3_client(settings),
-            progress=progress,
-            exclusive=release is not None,
-            other_running=lambda: bulk.target_locked(redis, target),
-        )
+        with metrics.in_flight():
+            result = run_export(
+                parsed,
+                settings=settings,
+                client=s3_client(settings),
+                progress=progress,
+                exclusive=release is not None,
+                other_running=lambda: bulk.target_locked(redis, target),
+            )
+        outcome = "skipped" if result["skipped"] else "exported"
+        return result
     except (ExportError, SoftTimeLimitExceeded):
         raise
     except (SerializerError, BotoCoreError, ClientError, RedisConnectionError, RedisTimeoutError) as exc:
         if _transient(exc) and self.request.retries < settings.task_max_retries:
             delay = random.uniform(0, min(RETRY_CAP, RETRY_BASE * 2**self.request.retries))
             log.warning("export %s: transient error, retry in %.1f s: %s", parsed.name, delay, exc)
+            outcome = "retried"
+            metrics.count_retry("transient")
             raise self.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries) from exc
         raise
     finally:
         if release is not None:
             release()
+        if outcome != "retried":
+            clock.finish(outcome, result["size"] if outcome == "exported" else None)
 
 
 def submit_export(spec: dict[str, Any] | ExportSpec, **options: Any) -> Any:
@@ -236,17 +245,21 @@ def reexport_item(self: Task, run_id: str, item: dict[str, Any]) -> dict[str, An
             # expires): try again once it is over.
             log.info("bulk %s item %s: %s is being exported elsewhere; waiting", run_id, item["id"], item["target"])
             raise self.retry(countdown=bulk.TARGET_LOCK_POLL, max_retries=None)
+    spec = parse_spec(item["spec"])
+    clock = metrics.StageClock(self.request.id, spec.spec_hash, spec.name)
     try:
         if release is None:
             outcome = "superseded"
         else:
-            result = run_export(
-                parse_spec(item["spec"]),
-                settings=settings,
-                client=client,
-                replace=item["action"] == "replace",
-                exclusive=True,
-            )
+            with metrics.in_flight():
+                result = run_export(
+                    spec,
+                    settings=settings,
+                    client=client,
+                    progress=lambda stage, info: clock.stage(stage.value, info),
+                    replace=item["action"] == "replace",
+                    exclusive=True,
+                )
             outcome = "skipped" if result["skipped"] else "exported"
     except (SerializerError, BotoCoreError, ClientError, RedisConnectionError, RedisTimeoutError) as exc:
         if _transient(exc) and self.request.retries < settings.task_max_retries:
@@ -259,6 +272,8 @@ def reexport_item(self: Task, run_id: str, item: dict[str, Any]) -> dict[str, An
     finally:
         if release is not None:
             release()
+    if outcome != "superseded":
+        clock.finish(outcome)
     # Progress first: once counted, this item may be the last and store the run's result.
     _publish_progress(self, run)
     if run.complete(item, outcome, time.monotonic() - started, error):
