@@ -382,6 +382,9 @@ def _promote(client: Any, staged: ArchiveInfo, artifact_uri: str) -> ArchiveInfo
     else:
         client.copy(copy_source, target.bucket, target.key)
         etag = str(client.head_object(Bucket=target.bucket, Key=target.key)["ETag"])
+    # Quoted, as HEAD and S3 give it (some stores answer CopyObject with a bare ETag).
+    if etag and not etag.startswith('"'):
+        etag = f'"{etag}"'
     return dataclasses.replace(staged, uri=artifact_uri, etag=etag, version_id=None)
 
 

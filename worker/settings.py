@@ -60,6 +60,12 @@ class ScheduleEntry(BaseModel):
         return self
 
 
+def _has_crt() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("awscrt") is not None
+
+
 def crontab_of(expression: str) -> object:
     """A Celery ``crontab`` from a five-field expression (``"30 3 * * *"``).
 
@@ -183,6 +189,11 @@ class Settings(BaseSettings):
                 "need EXPORT_SOFT_TIME_LIMIT < EXPORT_TIME_LIMIT < EXPORT_VISIBILITY_TIMEOUT "
                 f"(got {self.soft_time_limit}, {self.time_limit}, {self.visibility_timeout}); "
                 "otherwise Redis redelivers jobs that are still running"
+            )
+        if self.checksum_algorithm in ("CRC32C", "CRC64NVME") and not _has_crt():
+            raise ValueError(
+                f"EXPORT_CHECKSUM_ALGORITHM={self.checksum_algorithm} needs botocore's CRT extension "
+                "(pip install 'botocore[crt]'); CRC32 and SHA256 work without it"
             )
         if self.sweep_after is not None and self.sweep_after <= self.time_limit:
             raise ValueError(

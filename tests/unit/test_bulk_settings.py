@@ -243,3 +243,15 @@ def test_the_app_carries_the_beat_schedule() -> None:
     assert app.conf.beat_schedule == beat_schedule(s)
     (entry,) = app.conf.beat_schedule.values()
     assert entry["schedule"] == crontab(minute="*/15")
+
+
+def test_crc32c_and_crc64nvme_need_the_crt_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "_has_crt", lambda: False)
+    for algorithm in ("CRC32C", "CRC64NVME"):
+        with pytest.raises(ValueError, match=r"botocore\[crt\]"):
+            Settings(checksum_algorithm=algorithm)
+    assert Settings(checksum_algorithm="CRC32").checksum_algorithm == "CRC32"
+    monkeypatch.setattr(settings_module, "_has_crt", lambda: True)
+    assert Settings(checksum_algorithm="CRC32C").checksum_algorithm == "CRC32C"
