@@ -36,7 +36,7 @@ from serializer.manifest import canonical_json
 from serializer.s3uri import parse_s3_uri
 
 from .errors import ExportError, SpecError
-from .selection import Decision, Planner, check_source, is_catalog, iter_candidates
+from .selection import Decision, Planner, is_catalog, iter_candidates
 from .settings import Policy, Settings
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ PLAN_BATCH = 50
 TARGET_LOCK_POLL = 2.0
 
 Send = Callable[[str, dict[str, Any]], None]
-Publish = Callable[[str, str, dict[str, Any]], None]
 
 
 class BulkRunBusy(ExportError):
@@ -147,12 +146,6 @@ class RunKeys:
 
     def all_run_keys(self) -> tuple[str, ...]:
         return (self.run, self.todo, self.failures, self.counted, self.targets, self.report)
-
-
-def lock_holder(redis: Any, source: str) -> str | None:
-    """The id of the run holding ``source``'s lock, if any."""
-    value = redis.get(RunKeys("", check_source(source), "").lock)
-    return value.decode() if value is not None else None
 
 
 def report_uri_for(source: str, run_id: str, settings: Settings, report_to: str | None = None) -> str:

@@ -36,14 +36,11 @@ from serializer.retry import error_code
 from serializer.s3uri import parse_s3_uri
 
 from .errors import ExportError, SpecError
-from .settings import Policy, Settings
+from .settings import JSONL_SUFFIXES, YAML_SUFFIXES, Policy, Settings
 from .spec import ExportSpec, parse_spec
 
 log = logging.getLogger(__name__)
 
-#: File suffixes read as catalogs; anything else is an ``s3://`` prefix of manifests.
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
-YAML_SUFFIXES = (".yaml", ".yml")
 #: The archive format this worker writes.
 TARGET_FORMAT = "torchscript"
 #: Targets a dry run remembers to spot two candidates with one target (exact for prefix

@@ -20,6 +20,10 @@ def _split_commas(value: object) -> object:
 
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
 
+#: File suffixes read as catalogs of specs; any other selection is an ``s3://`` prefix.
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+YAML_SUFFIXES = (".yaml", ".yml")
+
 #: What a bulk re-export redoes (see worker/selection.py).
 Policy = Literal["if-stale", "always", "missing"]
 
@@ -39,7 +43,7 @@ class ScheduleEntry(BaseModel):
     def _source(cls, v: str) -> str:
         from serializer.s3uri import parse_s3_uri
 
-        catalog = v.lower().endswith((".jsonl", ".ndjson", ".yaml", ".yml"))
+        catalog = v.lower().endswith(JSONL_SUFFIXES + YAML_SUFFIXES)
         if v.startswith("s3://"):
             parse_s3_uri(v, require_key=catalog)
         elif not catalog:
