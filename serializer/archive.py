@@ -1,4 +1,4 @@
-"""What a stored TorchScript archive holds, read from its zip index (no torch needed)."""
+"""What a stored archive (TorchScript or .pt2) holds, read from its zip index (no torch needed)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,21 @@ from .zipindex import ZipIndex
 
 
 @dataclass(frozen=True)
+class Pt2Info:
+    """What a consumer of a ``.pt2`` archive must know before loading it: the PT2 archive
+    version (``torch.export.load`` refuses any other than its own) and the export schema
+    version of the serialized program (a different major version is refused)."""
+
+    archive_version: int
+    schema_major: int
+    schema_minor: int
+
+    @property
+    def schema(self) -> str:
+        return f"{self.schema_major}.{self.schema_minor}"
+
+
+@dataclass(frozen=True)
 class ArchiveInfo:
     """What was stored: location, size, digests, the zip's format version and its extra files."""
 
@@ -24,6 +39,8 @@ class ArchiveInfo:
     archive_root: str
     extra_files: tuple[ExtraFileInfo, ...]
     version_id: str | None = None
+    format: str = "torchscript"
+    pt2: Pt2Info | None = None
 
 
 def archive_root(index: ZipIndex) -> str:
@@ -62,7 +79,30 @@ def format_version(index: ZipIndex) -> int:
     raise ArchiveError("archive has no version record")
 
 
-def describe_archive(result: UploadResult, index: ZipIndex, extras: Mapping[str, bytes]) -> ArchiveInfo:
+def read_int_record(index: ZipIndex, name: str) -> int:
+    """A small record holding one integer (``{root}/{name}``), from the index's tail.
+
+    Raises:
+        ArchiveError: the record is missing or not an integer.
+    """
+    path = f"{archive_root(index)}/{name}"
+    raw = index.read_small(path)
+    if raw is None:
+        raise ArchiveError(f"archive has no {name} record")
+    try:
+        return int(raw.decode("ascii").strip())
+    except ValueError as exc:
+        raise ArchiveError(f"unreadable {name} {raw!r} in {path}") from exc
+
+
+def describe_archive(
+    result: UploadResult,
+    index: ZipIndex,
+    extras: Mapping[str, bytes],
+    *,
+    format: str = "torchscript",
+    pt2: Pt2Info | None = None,
+) -> ArchiveInfo:
     """Combine the upload's result and the zip index into an :class:`ArchiveInfo`."""
     root = archive_root(index)
     by_name = index.by_name
@@ -84,4 +124,6 @@ def describe_archive(result: UploadResult, index: ZipIndex, extras: Mapping[str,
         archive_root=root,
         extra_files=infos,
         version_id=result.version_id,
+        format=format,
+        pt2=pt2,
     )

@@ -21,6 +21,9 @@ BUILD_RECORD_DIR = "export_worker"
 BUILD_JSON = f"{BUILD_RECORD_DIR}/build.json"
 EXAMPLE_INPUTS = f"{BUILD_RECORD_DIR}/example_inputs.pt"
 REFERENCE_OUTPUTS = f"{BUILD_RECORD_DIR}/reference_outputs.pt"
+#: The same two, base64 text, in ``.pt2`` archives (whose extra files are text only).
+EXAMPLE_INPUTS_TEXT = EXAMPLE_INPUTS + ".b64"
+REFERENCE_OUTPUTS_TEXT = REFERENCE_OUTPUTS + ".b64"
 #: Names the service writes into archives itself.
 RESERVED_NAMES = frozenset({MANIFEST_NAME})
 #: Unicode categories refused in names: controls, format characters (bidi overrides,

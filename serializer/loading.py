@@ -112,16 +112,19 @@ def open_artifact(
     extra_names: Iterable[str] = (),
     check_compatibility_first: bool = True,
     spool_dir: str | None = None,
-) -> tuple[torch.jit.ScriptModule, Manifest, dict[str, bytes]]:
+) -> tuple[Any, Manifest, dict[str, bytes]]:
     """Load an artifact the way a consumer should: manifest first, compatibility from the
     manifest before downloading, then the archive checked against the manifest's size and
     sha256 while it downloads.
 
-    ``map_location`` goes to ``torch.jit.load``; without one, every module is loaded onto
-    the CPU, whatever device it was saved from.
+    A TorchScript archive is loaded with ``torch.jit.load``: ``map_location`` goes to it;
+    without one, every module is loaded onto the CPU, whatever device it was saved from.
+    A ``.pt2`` archive is loaded with ``torch.export.load`` and gives an
+    ``ExportedProgram`` (call ``.module()`` to run it); its weights come back on the device
+    they were exported from, and ``map_location`` does not apply.
 
     Returns:
-        The module, its manifest, and the requested extra files' bytes.
+        The module (or program), its manifest, and the requested extra files' bytes.
 
     Raises:
         ManifestError: no valid manifest for ``uri``.
@@ -136,6 +139,19 @@ def open_artifact(
         verdict = check_compatibility(manifest, local_torch=local_torch, max_format_version=max_version)
         if not verdict.ok:
             raise ArchiveError(f"{manifest.artifact.uri}: {verdict.reason}")
+    if manifest.artifact.format == "pt2":
+        if map_location is not None:
+            raise ValueError("map_location applies to TorchScript archives; torch.export.load has none")
+        from .pt2 import load_pt2_artifact
+
+        program, stored = load_pt2_artifact(
+            client,
+            manifest.artifact.uri,
+            sha256=manifest.artifact.sha256,
+            size=manifest.artifact.size,
+            spool_dir=spool_dir,
+        )
+        return program, manifest, {name: stored.get(name, b"") for name in extra_names}
     module, extras = load_artifact(
         client,
         manifest.artifact.uri,

@@ -20,7 +20,7 @@ from importlib import metadata
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .archive import ArchiveInfo
 from .errors import InvalidURI, ManifestError
@@ -29,10 +29,18 @@ from .retry import error_code, is_transient
 from .s3uri import parse_s3_uri
 
 #: Version of the manifest's layout; readers refuse versions newer than they know.
-#: 2 added ``producer.builder``; version 1 manifests (without it) are still read.
-SCHEMA_VERSION = 2
-#: Suffix of an artifact's key, replaced by the manifest's suffix to name the manifest.
+#: 2 added ``producer.builder``; 3 added the ``pt2`` format (``artifact.format: "pt2"``
+#: and ``artifact.pt2``).  Earlier versions are still read.
+SCHEMA_VERSION = 3
+#: What a TorchScript manifest carries: its layout is version 2's, so readers that know
+#: version 2 keep reading TorchScript manifests; only ``.pt2`` manifests need version 3.
+TORCHSCRIPT_SCHEMA_VERSION = 2
+#: Suffix of a TorchScript artifact's key, replaced by the manifest's suffix to name the manifest.
 ARTIFACT_SUFFIX = ".pt"
+#: Suffix of a ``.pt2`` artifact's key.
+PT2_SUFFIX = ".pt2"
+#: Artifact suffix of each format.
+ARTIFACT_SUFFIXES = {"torchscript": ARTIFACT_SUFFIX, "pt2": PT2_SUFFIX}
 #: Suffix of a manifest's key: ``model.pt`` -> ``model.manifest.json``.
 MANIFEST_SUFFIX = "." + MANIFEST_NAME
 _SHA256 = r"^[0-9a-f]{64}$"
@@ -42,16 +50,43 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ExportSchemaVersion(_Model):
+    """Version of the serialized program's schema (``torch._export.serde.schema``)."""
+
+    major: int = Field(ge=0, description="torch.export.load refuses another major version")
+    minor: int = Field(ge=0, description="a newer minor version may use fields an older torch does not know")
+
+
+class Pt2Entry(_Model):
+    """What a consumer of a ``.pt2`` archive checks before loading it."""
+
+    archive_version: int = Field(
+        ge=0, description="PT2 archive version (the archive_version record); torch.export.load reads only its own"
+    )
+    schema_version: ExportSchemaVersion = Field(description="export schema version of the serialized program")
+
+
 class ArtifactEntry(_Model):
     """The stored archive."""
 
     uri: str = Field(description="s3:// URI of the archive")
     size: int = Field(ge=0, description="bytes, as stored")
     sha256: str = Field(pattern=_SHA256, description="hex sha256 of the bytes as stored")
-    format: Literal["torchscript"] = "torchscript"
+    format: Literal["torchscript", "pt2"] = Field(
+        default="torchscript", description="torchscript (torch.jit.load) or pt2 (torch.export.load)"
+    )
     format_version: int = Field(ge=0, description="the zip's file-format version (its version record)")
     archive_root: str = Field(description="top folder of the zip's records")
     etag: str = Field(default="", description="the store's ETag (not a content hash for multipart objects)")
+    pt2: Pt2Entry | None = Field(
+        default=None, description="format pt2 only (absent otherwise): what to check before torch.export.load"
+    )
+
+    @model_validator(mode="after")
+    def _pt2_facts(self) -> ArtifactEntry:
+        if (self.format == "pt2") != (self.pt2 is not None):
+            raise ValueError("artifact.pt2 is given for format pt2, and only for it")
+        return self
 
 
 class ExtraFileEntry(_Model):
@@ -107,8 +142,12 @@ class Manifest(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        """Canonical JSON: sorted keys, compact, UTF-8."""
-        return canonical_json(self.model_dump(mode="json"))
+        """Canonical JSON: sorted keys, compact, UTF-8.  ``artifact.pt2`` is left out of
+        a TorchScript manifest, whose layout stays version 2's."""
+        data = self.model_dump(mode="json")
+        if data["artifact"].get("pt2") is None:
+            data["artifact"].pop("pt2", None)
+        return canonical_json(data)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Manifest:
@@ -177,14 +216,23 @@ def build_manifest(
     created_at: datetime | None = None,
 ) -> Manifest:
     """The manifest of a stored archive (pure: the clock and producer are passed in)."""
+    pt2 = None
+    if archive.pt2 is not None:
+        pt2 = Pt2Entry(
+            archive_version=archive.pt2.archive_version,
+            schema_version=ExportSchemaVersion(major=archive.pt2.schema_major, minor=archive.pt2.schema_minor),
+        )
     return Manifest(
+        schema_version=SCHEMA_VERSION if archive.format == "pt2" else TORCHSCRIPT_SCHEMA_VERSION,
         artifact=ArtifactEntry(
             uri=archive.uri,
             size=archive.size,
             sha256=archive.sha256,
+            format=archive.format,  # type: ignore[arg-type]
             format_version=archive.format_version,
             archive_root=archive.archive_root,
             etag=archive.etag,
+            pt2=pt2,
         ),
         spec=spec,
         spec_hash=spec_hash,
@@ -200,16 +248,22 @@ def _extra_entry(info: ExtraFileInfo) -> ExtraFileEntry:
     return ExtraFileEntry(name=info.name, size=info.size, sha256=info.sha256, offset=info.offset)
 
 
+def artifact_suffix(key: str) -> str | None:
+    """The artifact suffix ``key`` ends in (``.pt`` or ``.pt2``), or None."""
+    return next((s for s in ARTIFACT_SUFFIXES.values() if key.endswith(s)), None)
+
+
 def manifest_uri_for(artifact_uri: str) -> str:
-    """The manifest's URI for an artifact: ``.../model.pt`` -> ``.../model.manifest.json``.
+    """The manifest's URI for an artifact: ``.../model.pt`` (or ``.pt2``) -> ``.../model.manifest.json``.
 
     Raises:
-        InvalidURI: not an ``s3://`` URI of an object ending in ``.pt``.
+        InvalidURI: not an ``s3://`` URI of an object ending in ``.pt`` or ``.pt2``.
     """
     uri = parse_s3_uri(artifact_uri)
-    if not uri.key.endswith(ARTIFACT_SUFFIX):
-        raise InvalidURI(f"artifact key must end in {ARTIFACT_SUFFIX!r}: {artifact_uri}")
-    return f"s3://{uri.bucket}/{uri.key[: -len(ARTIFACT_SUFFIX)]}{MANIFEST_SUFFIX}"
+    suffix = artifact_suffix(uri.key)
+    if suffix is None:
+        raise InvalidURI(f"artifact key must end in {ARTIFACT_SUFFIX!r} or {PT2_SUFFIX!r}: {artifact_uri}")
+    return f"s3://{uri.bucket}/{uri.key[: -len(suffix)]}{MANIFEST_SUFFIX}"
 
 
 def write_manifest(client: Any, uri: str, manifest: Manifest, *, if_none_match: bool = False) -> None:
@@ -239,7 +293,7 @@ def read_manifest(client: Any, uri: str) -> Manifest:
         ManifestError: missing, unreadable or invalid.
         ClientError: a transient store error (5xx, throttling), after botocore's retries.
     """
-    if uri.endswith(ARTIFACT_SUFFIX):
+    if artifact_suffix(uri) is not None:
         uri = manifest_uri_for(uri)
     target = parse_s3_uri(uri)
     try:

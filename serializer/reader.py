@@ -169,12 +169,24 @@ class Compatibility:
     reason: str
 
 
-def check_compatibility(manifest: Manifest, *, local_torch: str, max_format_version: int) -> Compatibility:
+def check_compatibility(
+    manifest: Manifest,
+    *,
+    local_torch: str,
+    max_format_version: int,
+    pt2_archive_version: int | None = None,
+    export_schema: tuple[int, int] | None = None,
+) -> Compatibility:
     """Decide from the manifest alone, before anything is downloaded, whether an archive loads here.
 
     ``local_torch`` and ``max_format_version`` describe the reading side (for this process:
-    :func:`local_reader`).
+    :func:`local_reader`); for a ``.pt2`` archive, so do ``pt2_archive_version`` and
+    ``export_schema`` (this process's when not given: :func:`local_pt2_reader`).
     """
+    if manifest.artifact.format == "pt2":
+        if pt2_archive_version is None or export_schema is None:
+            pt2_archive_version, export_schema = local_pt2_reader()
+        return _pt2_compatibility(manifest, local_torch, pt2_archive_version, export_schema)
     made_by = manifest.producer.torch
     version = manifest.artifact.format_version
     if version > max_format_version:
@@ -183,11 +195,7 @@ def check_compatibility(manifest: Manifest, *, local_torch: str, max_format_vers
             f"made by torch {made_by} with format version {version}; this torch ({local_torch}) reads up to "
             f"{max_format_version}: upgrade torch to load it",
         )
-    try:
-        newer = Version(made_by.split("+")[0]) > Version(local_torch.split("+", maxsplit=1)[0])
-    except InvalidVersion:
-        newer = False
-    if newer:
+    if _newer(made_by, local_torch):
         return Compatibility(
             True,
             f"made by a newer torch ({made_by}) than this one ({local_torch}); its format version {version} is "
@@ -196,6 +204,54 @@ def check_compatibility(manifest: Manifest, *, local_torch: str, max_format_vers
     return Compatibility(
         True, f"format version {version} (made by torch {made_by}); this torch reads up to {max_format_version}"
     )
+
+
+def _newer(made_by: str, local_torch: str) -> bool:
+    try:
+        return Version(made_by.split("+", maxsplit=1)[0]) > Version(local_torch.split("+", maxsplit=1)[0])
+    except InvalidVersion:
+        return False
+
+
+def _pt2_compatibility(
+    manifest: Manifest, local_torch: str, local_archive: int, local_schema: tuple[int, int]
+) -> Compatibility:
+    made_by = manifest.producer.torch
+    facts = manifest.artifact.pt2
+    if facts is None:  # the manifest's validation rules this out
+        return Compatibility(False, "a pt2 manifest without its pt2 facts")
+    schema = facts.schema_version
+    theirs, ours = f"{schema.major}.{schema.minor}", f"{local_schema[0]}.{local_schema[1]}"
+    if facts.archive_version != local_archive:
+        return Compatibility(
+            False,
+            f"made by torch {made_by} as PT2 archive version {facts.archive_version}; this torch ({local_torch}) "
+            f"reads archive version {local_archive} only",
+        )
+    if schema.major != local_schema[0]:
+        return Compatibility(
+            False,
+            f"made by torch {made_by} with export schema {theirs}; this torch ({local_torch}) reads schema "
+            f"{local_schema[0]}.x only: {'upgrade' if schema.major > local_schema[0] else 're-export with'} torch",
+        )
+    if schema.minor > local_schema[1] or _newer(made_by, local_torch):
+        return Compatibility(
+            True,
+            f"made by a newer torch ({made_by}, export schema {theirs}) than this one ({local_torch}, schema {ours}); "
+            "the same major version loads, but fields or operators it uses may be unknown here",
+        )
+    return Compatibility(
+        True,
+        f"PT2 archive version {facts.archive_version}, export schema {theirs} (made by torch {made_by}); "
+        f"this torch reads schema {ours}",
+    )
+
+
+def local_pt2_reader() -> tuple[int, tuple[int, int]]:
+    """The PT2 archive version and export schema version this process's torch reads."""
+    from .pt2 import archive_version, export_schema_version
+
+    return archive_version(), export_schema_version()
 
 
 def local_reader() -> tuple[str, int]:
@@ -207,9 +263,9 @@ def local_reader() -> tuple[str, int]:
 
 def read_manifest_checked(client: Any, uri: str) -> Manifest:
     """The manifest for ``uri`` (an artifact's or a manifest's), checked to describe its artifact."""
-    from .manifest import read_manifest
+    from .manifest import artifact_suffix, read_manifest
 
     manifest = read_manifest(client, uri)
-    if uri.endswith(".pt") and manifest.artifact.uri != uri:
+    if artifact_suffix(uri) is not None and manifest.artifact.uri != uri:
         raise ManifestError(f"manifest next to {uri} describes {manifest.artifact.uri}")
     return manifest

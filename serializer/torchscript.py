@@ -155,7 +155,7 @@ def export_torchscript(
             save_archive(module, path, extras)
             if on_size is not None:
                 on_size(os.path.getsize(path))
-            result, index = _upload_file(path, client, target.bucket, target.key, opts, progress, extras)
+            result, index = upload_file(path, client, target.bucket, target.key, opts, progress, extras)
         elif strategy == "fifo":
             from ._fifo import save_through_fifo
 
@@ -167,7 +167,7 @@ def export_torchscript(
     return describe_archive(result, index, extras)
 
 
-def _upload_file(
+def upload_file(
     path: str,
     client: Any,
     bucket: str,
@@ -176,6 +176,8 @@ def _upload_file(
     progress: Callable[[int], None] | None,
     extras: Mapping[str, bytes],
 ) -> tuple[UploadResult, ZipIndex]:
+    """Stream a saved archive at ``path`` to ``s3://bucket/key`` and index its zip; the
+    extra files are checked against the index before the object is committed."""
     size = os.path.getsize(path)
     # The spool can be read again, so local headers are read from it at the end instead of
     # searched for in every byte.

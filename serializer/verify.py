@@ -3,6 +3,7 @@ load, extra files, and a run on the example inputs stored in the archive."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -16,7 +17,7 @@ import torch
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import ArchiveError, SerializerError
-from .extras import BUILD_JSON, EXAMPLE_INPUTS, REFERENCE_OUTPUTS
+from .extras import BUILD_JSON, EXAMPLE_INPUTS, EXAMPLE_INPUTS_TEXT, REFERENCE_OUTPUTS, REFERENCE_OUTPUTS_TEXT
 from .loading import compare_outputs
 from .manifest import Manifest
 from .reader import check_compatibility, local_reader, read_checked, read_manifest_checked
@@ -52,9 +53,29 @@ class VerifyReport:
         return ok
 
 
-def self_check(module: Any, extras: dict[str, bytes]) -> tuple[bool, float, float, float, float]:
+def _record(extras: dict[str, bytes], name: str, text_name: str) -> bytes | None:
+    if extras.get(name):
+        return extras[name]
+    if extras.get(text_name):
+        try:
+            return base64.b64decode(extras[text_name], validate=True)
+        except ValueError as exc:
+            raise ArchiveError(f"build record {text_name} is not base64: {exc}") from exc
+    return None
+
+
+def has_build_inputs(extras: dict[str, bytes]) -> bool:
+    """Whether ``extras`` carry the build record's example inputs (either encoding)."""
+    return bool(extras.get(EXAMPLE_INPUTS) or extras.get(EXAMPLE_INPUTS_TEXT))
+
+
+def self_check(
+    module: Any, extras: dict[str, bytes], device: torch.device | str = "cpu"
+) -> tuple[bool, float, float, float, float]:
     """Run ``module`` on the example inputs stored in its build record and compare with the
-    stored reference outputs, under the tolerances the export used.
+    stored reference outputs, under the tolerances the export used.  The records are
+    ``torch.save`` files (base64 text in ``.pt2`` archives), loaded with ``weights_only=True``;
+    the inputs go to ``device`` (where a loaded program's weights are).
 
     Returns:
         ``(passed, max_abs_diff, max_rel_diff, atol, rtol)``.
@@ -62,10 +83,12 @@ def self_check(module: Any, extras: dict[str, bytes]) -> tuple[bool, float, floa
     Raises:
         ArchiveError: the archive has no build record with example inputs.
     """
-    if not extras.get(EXAMPLE_INPUTS) or not extras.get(REFERENCE_OUTPUTS):
+    raw_inputs = _record(extras, EXAMPLE_INPUTS, EXAMPLE_INPUTS_TEXT)
+    raw_reference = _record(extras, REFERENCE_OUTPUTS, REFERENCE_OUTPUTS_TEXT)
+    if not raw_inputs or not raw_reference:
         raise ArchiveError("the archive has no example inputs and reference outputs to check against")
-    inputs = torch.load(io.BytesIO(extras[EXAMPLE_INPUTS]), weights_only=True)
-    reference = torch.load(io.BytesIO(extras[REFERENCE_OUTPUTS]), weights_only=True)
+    inputs = [t.to(device) for t in torch.load(io.BytesIO(raw_inputs), weights_only=True)]
+    reference = torch.load(io.BytesIO(raw_reference), weights_only=True)
     atol, rtol = DEFAULT_ATOL, DEFAULT_RTOL
     if extras.get(BUILD_JSON):
         spec = json.loads(extras[BUILD_JSON]).get("spec", {})
@@ -88,7 +111,8 @@ def verify_artifact(
 
     Steps: manifest (valid, describes this artifact), compatibility with this torch (from
     the manifest, before downloading), sha256 and size while downloading, ``torch.jit.load``
-    on the CPU, every extra file against the manifest, and the self-check.
+    on the CPU (``torch.export.load`` for a ``.pt2``), every extra file against the
+    manifest, and the self-check.
     """
     report = VerifyReport(uri)
     try:
@@ -105,8 +129,11 @@ def verify_artifact(
         return report
 
     art = manifest.artifact
+    pt2 = art.format == "pt2"
+    names = [e.name for e in manifest.extra_files]
+    device = torch.device("cpu")
     with tempfile.TemporaryDirectory(prefix="export-worker-verify-", dir=spool_dir) as tmp:
-        path = os.path.join(tmp, "archive.pt")
+        path = os.path.join(tmp, "archive.pt2" if pt2 else "archive.pt")
         try:
             with open(path, "wb") as out:
                 read_checked(client, art.uri, size=art.size, sha256=art.sha256, sink=out.write, progress=progress)
@@ -114,24 +141,35 @@ def verify_artifact(
             report.add("checksum", False, str(exc))
             return report
         report.add("checksum", True, f"{art.size} bytes, sha256 {art.sha256}")
-        names = [e.name for e in manifest.extra_files]
-        extras: dict[str, Any] = dict.fromkeys([*names, BUILD_JSON, EXAMPLE_INPUTS, REFERENCE_OUTPUTS], "")
-        try:
-            with quiet_torchscript_deprecation():
-                module = torch.jit.load(path, map_location="cpu", _extra_files=extras)  # type: ignore[no-untyped-call]
-        except RuntimeError as exc:
-            report.add("load", False, f"torch.jit.load failed: {exc}")
-            return report
-    report.add("load", True, "torch.jit.load on the CPU")
-    raw = {k: v if isinstance(v, bytes) else str(v).encode() for k, v in extras.items()}
+        if pt2:
+            from .pt2 import load_pt2_file, program_device
+
+            try:
+                program, raw = load_pt2_file(path, source=art.uri)
+            except ArchiveError as exc:
+                report.add("load", False, str(exc))
+                return report
+            module: Any = program.module()
+            device = program_device(program)
+            report.add("load", True, f"torch.export.load (weights on {device})")
+        else:
+            extras: dict[str, Any] = dict.fromkeys([*names, BUILD_JSON, EXAMPLE_INPUTS, REFERENCE_OUTPUTS], "")
+            try:
+                with quiet_torchscript_deprecation():
+                    module = torch.jit.load(path, map_location="cpu", _extra_files=extras)  # type: ignore[no-untyped-call]
+            except RuntimeError as exc:
+                report.add("load", False, f"torch.jit.load failed: {exc}")
+                return report
+            report.add("load", True, "torch.jit.load on the CPU")
+            raw = {k: v if isinstance(v, bytes) else str(v).encode() for k, v in extras.items()}
     bad = [e.name for e in manifest.extra_files if hashlib.sha256(raw.get(e.name, b"")).hexdigest() != e.sha256]
     if not report.add("extra files", not bad, f"differ from the manifest: {bad}" if bad else f"{len(names)} match"):
         return report
-    if not raw.get(EXAMPLE_INPUTS):
+    if not has_build_inputs(raw):
         report.add("self-check", True, "skipped: the archive carries no example inputs")
         return report
     try:
-        passed, max_abs, max_rel, atol, rtol = self_check(module, raw)
+        passed, max_abs, max_rel, atol, rtol = self_check(module, raw, device)
     except (RuntimeError, ArchiveError) as exc:
         report.add("self-check", False, f"running the stored example inputs failed: {exc}")
         return report

@@ -18,8 +18,8 @@ from serializer.retry import error_code
 from serializer.s3uri import parse_s3_uri
 from serializer.torchscript import quiet_torchscript_deprecation
 
-from .errors import BuilderNotAllowed, BuildFailed, DeviceUnavailable, ScriptingFailed
-from .spec import INT_DTYPES, ExportSpec, TensorSpec
+from .errors import BuilderNotAllowed, BuildFailed, DeviceUnavailable, ScriptingFailed, TorchExportFailed
+from .spec import INT_DTYPES, DimSpec, ExportSpec, InputDims, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -198,3 +198,39 @@ def to_torchscript(module: torch.nn.Module, method: str, inputs: tuple[torch.Ten
             return torch.jit.script(module)
     except Exception as exc:
         raise ScriptingFailed(f"torch.jit.{method} failed: {exc}") from exc
+
+
+def dynamic_shapes_for(entries: Sequence[InputDims | None] | None) -> tuple[Any, ...] | None:
+    """The spec's ``dynamic_shapes`` as ``torch.export`` takes them: one entry per positional
+    input, ``{dim: torch.export.Dim}``; dimensions sharing a name share one ``Dim``."""
+    if entries is None:
+        return None
+    from torch.export import Dim
+
+    dims: dict[str, Any] = {}
+
+    def dim(value: DimSpec | str) -> Any:
+        if isinstance(value, str):
+            return Dim.AUTO
+        if value.name not in dims:
+            dims[value.name] = Dim(value.name, min=value.min, max=value.max)
+        return dims[value.name]
+
+    return tuple(None if entry is None else {int(k): dim(v) for k, v in entry.items()} for entry in entries)
+
+
+def to_exported_program(
+    module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], dynamic_shapes: Sequence[InputDims | None] | None = None
+) -> torch.export.ExportedProgram:
+    """Capture an eval-mode module with ``torch.export.export`` on ``inputs``.
+
+    Raises:
+        TorchExportFailed: with torch.export's own message (graph breaks, data-dependent
+            control flow, a dynamic dimension that specializes).
+    """
+    try:
+        return torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes_for(dynamic_shapes))
+    except Exception as exc:
+        message = str(exc).strip().splitlines()
+        summary = " ".join(message[:6]) if message else type(exc).__name__
+        raise TorchExportFailed(f"torch.export.export failed: {type(exc).__name__}: {summary}") from exc

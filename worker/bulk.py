@@ -17,8 +17,9 @@ A run (its id is the ``reexport`` task's id) goes like this:
 The planner and the items keep nothing per candidate in memory: the to-do list, the set of
 targets claimed and the failures live in Redis (under ``export-worker:bulk:``, expiring with
 the results).  A run that is interrupted (its lock expired after a crash, or the planner
-failed) is resumed by the next run of the same selection and policy: targets it finished
-are skipped.
+failed) is resumed by the next run of the same selection, policy and target format:
+targets it finished are skipped.  A run with a target format (``to_format="pt2"``)
+converts every spec before deciding it (see :class:`~worker.selection.Planner`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from serializer.s3uri import parse_s3_uri
 from .errors import ExportError, SpecError
 from .selection import Decision, Planner, is_catalog, iter_candidates
 from .settings import Policy, Settings
+from .spec import FORMATS, Format
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,7 @@ class RunKeys:
     run_id: str
     source: str
     policy: str
+    to_format: str = ""
 
     @property
     def run(self) -> str:
@@ -138,11 +141,16 @@ class RunKeys:
     @property
     def done(self) -> str:
         """Targets finished by unfinished runs of this selection and policy (for resuming)."""
-        return f"{PREFIX}done:{_digest(self.source, self.policy)}"
+        return f"{PREFIX}done:{self._selection}"
 
     @property
     def last(self) -> str:
-        return f"{PREFIX}last:{_digest(self.source, self.policy)}"
+        return f"{PREFIX}last:{self._selection}"
+
+    @property
+    def _selection(self) -> str:
+        """The selection, policy and target format: what a resumed run must share."""
+        return _digest(self.source, self.policy, *([self.to_format] if self.to_format else []))
 
     def all_run_keys(self) -> tuple[str, ...]:
         return (self.run, self.todo, self.failures, self.counted, self.targets, self.report)
@@ -189,10 +197,11 @@ class BulkRun:
         Raises:
             SpecError: no such run (it expired, or never existed).
         """
-        raw = redis.hmget(f"{PREFIX}run:{run_id}", "source", "policy")
+        raw = redis.hmget(f"{PREFIX}run:{run_id}", "source", "policy", "to_format")
         if raw[0] is None:
             raise SpecError(f"no bulk run {run_id} (unknown, or its record expired)")
-        return cls(redis, RunKeys(run_id, raw[0].decode(), raw[1].decode()), settings)
+        to_format = raw[2].decode() if raw[2] is not None else ""
+        return cls(redis, RunKeys(run_id, raw[0].decode(), raw[1].decode(), to_format), settings)
 
     # -- starting -------------------------------------------------------------------------
 
@@ -212,7 +221,7 @@ class BulkRun:
         previous = self.redis.get(keys.last)
         resumed = None
         if previous is not None and previous.decode() != keys.run_id:
-            old = RunKeys(previous.decode(), keys.source, keys.policy)
+            old = RunKeys(previous.decode(), keys.source, keys.policy, keys.to_format)
             status = self.redis.hget(old.run, "status")
             if status is not None and status.decode() not in ("finished", "superseded"):
                 resumed = old.run_id
@@ -232,6 +241,7 @@ class BulkRun:
             mapping={
                 "source": keys.source,
                 "policy": keys.policy,
+                "to_format": keys.to_format,
                 "window": window,
                 "status": "planning",
                 "planned": 0,
@@ -407,6 +417,7 @@ class BulkRun:
             "run_id": keys.run_id,
             "source": keys.source,
             "policy": keys.policy,
+            "to_format": keys.to_format or None,
             "dry_run": False,
             "status": "superseded" if raw.get("status") == "superseded" else "failed" if error else "finished",
             "error": error,
@@ -505,6 +516,19 @@ def target_lock(redis: Any, target: str, ttl: int, owner: str | None = None) -> 
     return lambda: script(keys=[key], args=[token, 0])
 
 
+def new_format(value: str | None) -> Format | None:
+    """Check a target format name (None: keep each spec's own).
+
+    Raises:
+        SpecError: not one of the formats.
+    """
+    if value is None or value == "":
+        return None
+    if value not in FORMATS:
+        raise SpecError(f"to_format must be one of {', '.join(FORMATS)}, got {value!r}")
+    return value
+
+
 def new_policy(value: str) -> Policy:
     """Check a policy name.
 
@@ -517,7 +541,14 @@ def new_policy(value: str) -> Policy:
 
 
 def dry_run(
-    client: Any, source: str, policy: Policy, settings: Settings, *, run_id: str, report_uri: str | None
+    client: Any,
+    source: str,
+    policy: Policy,
+    settings: Settings,
+    *,
+    run_id: str,
+    report_uri: str | None,
+    to_format: Format | None = None,
 ) -> dict[str, Any]:
     """Decide every candidate without sending anything; the plan is streamed into the report
     object (when ``report_uri`` is given), the counts returned."""
@@ -540,7 +571,7 @@ def dry_run(
     try:
         if writer is not None:
             writer.write(b'{"plan":[')
-        for n, decision in enumerate(plan(client, source, policy, settings)):
+        for n, decision in enumerate(plan(client, source, policy, settings, to_format)):
             counts[decision.action] += 1
             if writer is not None:
                 writer.write((b"," if n else b"") + canonical_json(decision.to_json()))
@@ -548,6 +579,7 @@ def dry_run(
             "run_id": run_id,
             "source": source,
             "policy": policy,
+            "to_format": to_format,
             "dry_run": True,
             "status": "finished",
             "selected": sum(counts.values()),

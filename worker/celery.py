@@ -156,11 +156,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     schedule: dict[str, dict[str, Any]] = {}
     for n, entry in enumerate(settings.reexport_schedule):
         when = crontab_of(entry.cron) if entry.cron is not None else timedelta(seconds=entry.every or 0)
-        schedule[f"reexport-{n}-{entry.policy}-{entry.source}"] = {
+        to = f"-to-{entry.to_format}" if entry.to_format else ""
+        schedule[f"reexport-{n}-{entry.policy}{to}-{entry.source}"] = {
             "task": "worker.tasks.reexport",
             "schedule": when,
             "args": [entry.source],
-            "kwargs": {"policy": entry.policy},
+            "kwargs": {"policy": entry.policy, **({"to_format": entry.to_format} if entry.to_format else {})},
             # A run that could not start in one period is not worth starting late.
             "options": {"queue": CPU_QUEUE, "expires": entry.every or 3600},
         }

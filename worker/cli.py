@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     demo = sub.add_parser("demo", help="run the whole service on an embedded default and export an example")
     demo.add_argument("--bucket", default="export-demo", help="bucket to write to (created if missing)")
+    demo.add_argument(
+        "--format", choices=("torchscript", "pt2"), default="torchscript", help="archive format of the example export"
+    )
 
     submit = sub.add_parser("submit", help="validate a spec and enqueue its export")
     submit.add_argument("spec", help="spec JSON file, or - for standard input")
@@ -67,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("task_id")
 
     show = sub.add_parser("show", help="print an artifact's manifest")
-    show.add_argument("uri", help="s3:// URI of the artifact (.pt) or its manifest")
+    show.add_argument("uri", help="s3:// URI of the artifact (.pt or .pt2) or its manifest")
     show.add_argument("--json", action="store_true", help="raw canonical JSON")
 
     ls = sub.add_parser("ls", help="list the exports under a prefix")
@@ -75,16 +78,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ls.add_argument("--json", action="store_true", help="one JSON object per export, for scripts")
 
     verify = sub.add_parser("verify", help="check an artifact: manifest, compatibility, checksum, load, self-check")
-    verify.add_argument("uri", help="s3:// URI of the artifact (.pt) or its manifest")
+    verify.add_argument("uri", help="s3:// URI of the artifact (.pt or .pt2) or its manifest")
 
     extra = sub.add_parser("extra", help="write one extra file's bytes to stdout (range reads)")
-    extra.add_argument("uri", help="s3:// URI of the artifact (.pt)")
+    extra.add_argument("uri", help="s3:// URI of the artifact (.pt or .pt2)")
     extra.add_argument("name", help="the extra file's name in the archive")
     extra.add_argument("--no-manifest", action="store_true", help="find it from the zip's directory, not the manifest")
 
     reexport = sub.add_parser("reexport", help="re-export what a policy picks under a prefix or from a catalog")
     reexport.add_argument("source", help="s3://bucket/prefix of exports, or a catalog of specs (.jsonl, .yaml)")
     reexport.add_argument("--policy", choices=("if-stale", "always", "missing"), default="if-stale")
+    reexport.add_argument(
+        "--to-format",
+        choices=("torchscript", "pt2"),
+        default=None,
+        help="convert every spec to this format (pt2: a .pt2 export next to each TorchScript one)",
+    )
     reexport.add_argument("--dry-run", action="store_true", help="list what would run and why; enqueue nothing")
     reexport.add_argument("--wait", action="store_true", help="show done / failed / remaining until the run ends")
     reexport.add_argument("--window", type=int, default=None, help="exports queued or running at once")
@@ -215,13 +224,15 @@ def _reexport(args: argparse.Namespace) -> int:
     if args.window is not None and args.window < 1:
         raise CommandError(f"--window must be at least 1, got {args.window}")
     if args.dry_run:
-        return _reexport_dry_run(source, args.policy, as_json=args.json)
+        return _reexport_dry_run(source, args.policy, as_json=args.json, to_format=args.to_format)
     from .tasks import reexport
 
-    result = reexport.apply_async(
-        args=[source], kwargs={"policy": args.policy, "window": args.window, "report_to": args.report_to}
-    )
-    console.print(f"bulk run {result.id} of {source} ({args.policy})")
+    options = {"policy": args.policy, "window": args.window, "report_to": args.report_to}
+    if args.to_format:
+        options["to_format"] = args.to_format
+    result = reexport.apply_async(args=[source], kwargs=options)
+    to = f", to {args.to_format}" if args.to_format else ""
+    console.print(f"bulk run {result.id} of {source} ({args.policy}{to})")
     if not args.wait:
         out.print(result.id)
         return 0
@@ -230,14 +241,14 @@ def _reexport(args: argparse.Namespace) -> int:
     return 0 if report.get("status") == "finished" and not report["counts"]["failed"] else 1
 
 
-def _reexport_dry_run(source: str, policy: Any, *, as_json: bool) -> int:
+def _reexport_dry_run(source: str, policy: Any, *, as_json: bool, to_format: Any = None) -> int:
     from serializer.client import make_s3_client
 
     from .selection import plan
     from .settings import Settings
 
     counts: dict[str, int] = {}
-    for decision in plan(make_s3_client(), source, policy, Settings()):
+    for decision in plan(make_s3_client(), source, policy, Settings(), to_format):
         counts[decision.action] = counts.get(decision.action, 0) + 1
         if as_json:
             sys.stdout.write(json.dumps(decision.to_json(), sort_keys=True) + "\n")
@@ -319,6 +330,7 @@ def _ls(args: argparse.Namespace) -> int:
                 "artifact_uri": m.artifact.uri,
                 "size": m.artifact.size,
                 "torch": m.producer.torch,
+                "format": m.artifact.format,
                 "format_version": m.artifact.format_version,
                 "created_at": m.created_at.isoformat(),
                 "verified": None if m.verification is None else m.verification.passed,
@@ -328,11 +340,17 @@ def _ls(args: argparse.Namespace) -> int:
         for row in rows:
             sys.stdout.write(json.dumps(row, sort_keys=True) + "\n")
         return 0
-    table = Table("name", "size", "torch", "created", "verified", "artifact")
+    table = Table("name", "format", "size", "torch", "created", "verified", "artifact")
     for row in rows:
         verified = {None: "-", True: "[green]yes[/green]", False: "[red]no[/red]"}[row["verified"]]
         table.add_row(
-            row["name"], f"{row['size']:,}", row["torch"], row["created_at"][:19], verified, row["artifact_uri"]
+            row["name"],
+            row["format"],
+            f"{row['size']:,}",
+            row["torch"],
+            row["created_at"][:19],
+            verified,
+            row["artifact_uri"],
         )
     out.print(table)
     console.print(f"{len(rows)} exports under {args.prefix}")
@@ -412,8 +430,7 @@ def _run_demo(args: argparse.Namespace, proc: Any, log_path: str) -> int:
     import torch
 
     from serializer.client import make_s3_client
-    from serializer.loading import load_artifact
-    from serializer.manifest import read_manifest
+    from serializer.loading import open_artifact
 
     from .builders import example_inputs
     from .celery import app
@@ -431,22 +448,19 @@ def _run_demo(args: argparse.Namespace, proc: Any, log_path: str) -> int:
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=args.bucket)
     spec = {**DEMO_SPEC, "destination": f"s3://{args.bucket}/demo"}
+    if args.format != "torchscript":
+        spec["format"] = args.format
     result = submit_export(spec)
     console.print(f"submitted export_model {result.id}")
     value = wait_with_progress(result, 300)
     console.print(f"stored {value['artifact_uri']} ({value['size']} bytes, sha256 {value['sha256'][:16]}...)")
 
-    # A consumer's view: the manifest first, then the checked archive, loaded on the CPU.
-    manifest = read_manifest(client, value["manifest_uri"])
+    # A consumer's view: the manifest first (compatibility checked from it), then the
+    # archive checked against it as it downloads, loaded on the CPU.
+    loaded, manifest, extras = open_artifact(client, value["artifact_uri"], extra_names=["labels.txt", "README.md"])
     console.print(f"manifest {value['manifest_uri']}:")
     out.print(JSON(manifest.to_json().decode(), sort_keys=True), soft_wrap=True)
-    model, extras = load_artifact(
-        client,
-        manifest.artifact.uri,
-        extra_names=[e.name for e in manifest.extra_files],
-        sha256=manifest.artifact.sha256,
-        size=manifest.artifact.size,
-    )
+    model = loaded.module() if manifest.artifact.format == "pt2" else loaded
     parsed = parse_spec(spec)
     (example,) = example_inputs(parsed.example_inputs or [], parsed.seed, torch.device("cpu"))
     with torch.no_grad():
@@ -456,6 +470,7 @@ def _run_demo(args: argparse.Namespace, proc: Any, log_path: str) -> int:
         json.dumps(
             {
                 "loaded_from": manifest.artifact.uri,
+                "format": manifest.artifact.format,
                 "verification_passed": manifest.verification.passed if manifest.verification else None,
                 "logits_shape": list(logits.shape),
                 "predicted": [labels[i] for i in logits.argmax(dim=1).tolist()],

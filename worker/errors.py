@@ -27,6 +27,10 @@ class ScriptingFailed(ExportError):
     """Raised when ``torch.jit.script`` or ``torch.jit.trace`` rejects the module."""
 
 
+class TorchExportFailed(ExportError):
+    """Raised when ``torch.export.export`` cannot capture the module (format ``pt2``)."""
+
+
 class DeviceUnavailable(ExportError):
     """Raised when the spec's device does not exist on this worker (e.g. ``cuda`` on a CPU host)."""
 

@@ -5,6 +5,7 @@ The Celery task (``worker.tasks.export_model``) is a thin wrapper around :func:`
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import logging
@@ -19,10 +20,19 @@ from typing import Any
 import torch
 
 from serializer.archive import ArchiveInfo
-from serializer.errors import ManifestError, ObjectExists
-from serializer.extras import BUILD_JSON, BUILD_RECORD_DIR, EXAMPLE_INPUTS, REFERENCE_OUTPUTS, decode_base64
+from serializer.errors import InvalidExtraFile, ManifestError, ObjectExists
+from serializer.extras import (
+    BUILD_JSON,
+    BUILD_RECORD_DIR,
+    EXAMPLE_INPUTS,
+    EXAMPLE_INPUTS_TEXT,
+    REFERENCE_OUTPUTS,
+    REFERENCE_OUTPUTS_TEXT,
+    decode_base64,
+)
 from serializer.loading import compare_outputs, load_artifact
 from serializer.manifest import (
+    ARTIFACT_SUFFIXES,
     Manifest,
     Verification,
     build_manifest,
@@ -35,7 +45,15 @@ from serializer.manifest import (
 from serializer.s3uri import parse_s3_uri
 from serializer.torchscript import UploadOptions, export_torchscript
 
-from .builders import build_module, builder_digest, example_inputs, load_weights, resolve_device, to_torchscript
+from .builders import (
+    build_module,
+    builder_digest,
+    example_inputs,
+    load_weights,
+    resolve_device,
+    to_exported_program,
+    to_torchscript,
+)
 from .errors import BuildFailed, ExportConflict, SpecError, VerificationFailed
 from .settings import Settings
 from .spec import ExportSpec, ExtraBase64, ExtraText, ExtraURI
@@ -55,6 +73,8 @@ class Stage(Enum):
 
     BUILDING = "building"
     SCRIPTING = "scripting"
+    #: format pt2: torch.export.export captures the module.
+    EXPORTING = "exporting"
     UPLOADING = "uploading"
     VERIFYING = "verifying"
     PUBLISHING = "publishing"
@@ -72,14 +92,16 @@ class Keys:
 
 
 def export_keys(spec: ExportSpec, torch_version: str) -> Keys:
-    """``{destination}/{name}/{spec_hash[:16]}/torch-{version}/model.pt`` and its manifest.
+    """``{destination}/{name}/{spec_hash[:16]}/torch-{version}/model.pt`` (``model.pt2`` for
+    format pt2) and its manifest.
 
     Same spec and same torch: same keys.  A different torch writes next to, not over, the
     artifacts of another.
     """
     dest = parse_s3_uri(spec.destination, require_key=False)
     safe_version = torch_version.replace("+", "_")
-    uri = str(dest.join(spec.name, spec.spec_hash[:16], f"torch-{safe_version}", "model.pt"))
+    artifact = "model" + ARTIFACT_SUFFIXES[spec.format]
+    uri = str(dest.join(spec.name, spec.spec_hash[:16], f"torch-{safe_version}", artifact))
     return Keys(artifact=uri, manifest=manifest_uri_for(uri))
 
 
@@ -139,13 +161,19 @@ def build_record(
 ) -> dict[str, bytes]:
     """Extra files describing the export itself, so a consumer can check the archive without
     the model's code: the spec and producer (JSON), and the example inputs and the eager
-    module's outputs (``torch.save``, loadable with ``weights_only=True``)."""
+    module's outputs (``torch.save``, loadable with ``weights_only=True``; base64 text in a
+    ``.pt2``, whose extra files are text only)."""
     cpu_out = _to_cpu(outputs)
-    return {
-        BUILD_JSON: canonical_json({"spec": spec.to_json_dict(), "producer": producer}),
+    tensors = {
         EXAMPLE_INPUTS: _tensor_file([t.detach().cpu() for t in inputs]),
         REFERENCE_OUTPUTS: _tensor_file(cpu_out),
     }
+    if spec.format == "pt2":
+        tensors = {
+            EXAMPLE_INPUTS_TEXT: base64.b64encode(tensors[EXAMPLE_INPUTS]),
+            REFERENCE_OUTPUTS_TEXT: base64.b64encode(tensors[REFERENCE_OUTPUTS]),
+        }
+    return {BUILD_JSON: canonical_json({"spec": spec.to_json_dict(), "producer": producer}), **tensors}
 
 
 def _to_cpu(value: Any) -> Any:
@@ -229,6 +257,13 @@ def run_export(
     report(Stage.BUILDING, {})
     device = resolve_device(spec.device)
     extras = resolve_extra_files(spec, client, settings.max_extra_file_bytes)
+    if spec.format == "pt2":
+        from serializer.pt2 import check_text_extras
+
+        try:
+            check_text_extras(extras)
+        except InvalidExtraFile as exc:
+            raise SpecError(f"extra_files: {exc}") from exc
     module = build_module(spec, settings.allowed_builders, device)
     if spec.weights:
         load_weights(module, client, spec.weights, settings.spool_dir)
@@ -240,8 +275,12 @@ def run_export(
     except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # not a time limit
         raise BuildFailed(f"example_inputs: the eager module fails on them: {exc}") from exc
 
-    report(Stage.SCRIPTING, {})
-    scripted = to_torchscript(module, spec.method, inputs)
+    if spec.format == "pt2":
+        report(Stage.EXPORTING, {})
+        captured: Any = to_exported_program(module, inputs, spec.dynamic_shapes)
+    else:
+        report(Stage.SCRIPTING, {})
+        captured = to_torchscript(module, spec.method, inputs)
     if inputs:
         extras.update(build_record(spec, producer.model_dump(), inputs, reference))
     else:
@@ -265,23 +304,39 @@ def run_export(
             if uploading[0]:
                 report(Stage.UPLOADING, dict(state))
 
+    options = UploadOptions(
+        part_size=settings.part_size,
+        max_in_flight=settings.max_in_flight,
+        checksum_algorithm=settings.checksum_algorithm,
+        if_none_match=settings.conditional_publish and not replacing,
+    )
     try:
-        info = export_torchscript(
-            scripted,
-            upload_uri,
-            client=client,
-            extra_files=extras,
-            options=UploadOptions(
-                part_size=settings.part_size,
-                max_in_flight=settings.max_in_flight,
-                checksum_algorithm=settings.checksum_algorithm,
-                if_none_match=settings.conditional_publish and not replacing,
-            ),
-            strategy=settings.upload_strategy,
-            spool_dir=settings.spool_dir,
-            progress=on_bytes,
-            on_size=on_size,
-        )
+        if spec.format == "pt2":
+            from serializer.pt2 import export_pt2
+
+            info = export_pt2(
+                captured,
+                upload_uri,
+                client=client,
+                extra_files=extras,
+                options=options,
+                strategy=settings.pt2_strategy,
+                spool_dir=settings.spool_dir,
+                progress=on_bytes,
+                on_size=on_size,
+            )
+        else:
+            info = export_torchscript(
+                captured,
+                upload_uri,
+                client=client,
+                extra_files=extras,
+                options=options,
+                strategy=settings.upload_strategy,
+                spool_dir=settings.spool_dir,
+                progress=on_bytes,
+                on_size=on_size,
+            )
     except ObjectExists:
         return _await_winner(client, keys, other_running)
     finally:
@@ -336,10 +391,20 @@ def run_export(
 def verify_archive(
     client: Any, info: ArchiveInfo, inputs: tuple[torch.Tensor, ...], reference: Any, *, atol: float, rtol: float
 ) -> Verification:
-    """Reload the stored archive on the CPU (checking its sha256) and compare its outputs."""
-    loaded, _ = load_artifact(client, info.uri, map_location="cpu", sha256=info.sha256, size=info.size)
-    with torch.no_grad():
-        actual = loaded(*(t.detach().cpu() for t in inputs))
+    """Reload the stored archive (checking its sha256 as it downloads) and compare its
+    outputs with the eager module's.  A TorchScript archive is loaded on the CPU; a ``.pt2``
+    with ``torch.export.load``, its weights on the device they were exported from."""
+    if info.format == "pt2":
+        from serializer.pt2 import load_pt2_artifact, program_device
+
+        program, _ = load_pt2_artifact(client, info.uri, sha256=info.sha256, size=info.size)
+        device = program_device(program)
+        with torch.no_grad():
+            actual = program.module()(*(t.detach().to(device) for t in inputs))
+    else:
+        loaded, _ = load_artifact(client, info.uri, map_location="cpu", sha256=info.sha256, size=info.size)
+        with torch.no_grad():
+            actual = loaded(*(t.detach().cpu() for t in inputs))
     passed, max_abs, max_rel = compare_outputs(_to_cpu(reference), actual, atol=atol, rtol=rtol)
     return Verification(
         passed=passed,

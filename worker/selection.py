@@ -2,8 +2,8 @@
 
 A selection is either every manifest under an ``s3://bucket/prefix`` (paging through the
 listing) or a catalog of specs (JSON Lines or YAML, on S3 or on disk).  Each candidate is
-decided against this worker as a producer (torch version, archive format, the digest of
-the builder's source) under a policy:
+decided against this worker as a producer (torch version, archive format and its
+version, the digest of the builder's source) under a policy:
 
 ``if-stale``
     export where this torch has no export of the spec yet, or where its export's producer
@@ -15,6 +15,9 @@ the builder's source) under a policy:
 
 A candidate read from a manifest made by another torch is re-run on this one: the new
 export goes next to the old (the torch version is part of the key), so both stay readable.
+With a target format (``to_format``), every spec is converted first (a TorchScript spec
+becomes a ``.pt2`` one, see :meth:`~worker.spec.ExportSpec.as_format`) and decided as such:
+the converted export goes next to the TorchScript one, which stays.
 Everything here streams: memory stays flat whatever the selection's size.
 """
 
@@ -37,12 +40,10 @@ from serializer.s3uri import parse_s3_uri
 
 from .errors import ExportError, SpecError
 from .settings import JSONL_SUFFIXES, YAML_SUFFIXES, Policy, Settings
-from .spec import ExportSpec, parse_spec
+from .spec import FORMATS, ExportSpec, Format, parse_spec
 
 log = logging.getLogger(__name__)
 
-#: The archive format this worker writes.
-TARGET_FORMAT = "torchscript"
 #: Targets a dry run remembers to spot two candidates with one target (exact for prefix
 #: listings, where they sit side by side; the real run de-duplicates them all in Redis).
 DRY_RUN_RECENT_TARGETS = 4096
@@ -228,15 +229,24 @@ class Planner:
     policy: Policy
     torch_version: str = ""
     format_version: int = 0
+    to_format: Format | None = None
+    pt2_archive_version: int = -1
+    export_schema: tuple[int, int] = (0, 0)
     _digests: dict[str, str | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         import torch
 
+        from serializer.pt2 import archive_version, export_schema_version
         from serializer.torchscript import produced_format_version
 
         self.torch_version = self.torch_version or torch.__version__
         self.format_version = self.format_version or produced_format_version()
+        if self.pt2_archive_version < 0:
+            self.pt2_archive_version = archive_version()
+        self.export_schema = self.export_schema if self.export_schema != (0, 0) else export_schema_version()
+        if self.to_format is not None and self.to_format not in FORMATS:
+            raise SpecError(f"to_format must be one of {', '.join(FORMATS)}, got {self.to_format!r}")
 
     def builder_digest(self, builder: str) -> str | None:
         """The digest of a builder's source, read once per run and module."""
@@ -247,15 +257,25 @@ class Planner:
             self._digests[module] = builder_digest(builder, self.settings.allowed_builders)
         return self._digests[module]
 
-    def stale_reasons(self, manifest: Manifest, builder: str | None) -> list[str]:
-        """How an export made by ``manifest``'s producer differs from one this worker makes."""
+    def stale_reasons(self, manifest: Manifest, builder: str | None, wanted: Format = "torchscript") -> list[str]:
+        """How an export made by ``manifest``'s producer differs from one this worker makes
+        in format ``wanted``."""
         reasons = []
+        art = manifest.artifact
         if manifest.producer.torch != self.torch_version:
             reasons.append(f"made by torch {manifest.producer.torch}, this worker has {self.torch_version}")
-        if manifest.artifact.format != TARGET_FORMAT:
-            reasons.append(f"format {manifest.artifact.format}, wanted {TARGET_FORMAT}")
-        elif manifest.artifact.format_version < self.format_version:
-            reasons.append(f"archive format version {manifest.artifact.format_version} < {self.format_version}")
+        if art.format != wanted:
+            reasons.append(f"format {art.format}, wanted {wanted}")
+        elif art.pt2 is not None:
+            schema, ours = art.pt2.schema_version, self.export_schema
+            if art.pt2.archive_version != self.pt2_archive_version:
+                reasons.append(
+                    f"PT2 archive version {art.pt2.archive_version}, this worker writes {self.pt2_archive_version}"
+                )
+            if (schema.major, schema.minor) < ours:
+                reasons.append(f"export schema {schema.major}.{schema.minor} < {ours[0]}.{ours[1]}")
+        elif art.format_version < self.format_version:
+            reasons.append(f"archive format version {art.format_version} < {self.format_version}")
         if manifest.producer.builder is None:
             reasons.append("builder source not recorded")
         elif manifest.producer.builder != builder:
@@ -269,6 +289,11 @@ class Planner:
         if candidate.error is not None or candidate.spec is None:
             return Decision("invalid", candidate.error or "no spec", candidate.name, candidate.source)
         spec = candidate.spec
+        if self.to_format is not None:
+            try:
+                spec = spec.as_format(self.to_format)
+            except SpecError as exc:
+                return Decision("invalid", f"cannot convert to {self.to_format}: {exc}", spec.name, candidate.source)
         try:
             digest = self.builder_digest(spec.builder)
         except ExportError as exc:
@@ -293,7 +318,7 @@ class Planner:
             return decision("export", f"no export by torch {self.torch_version} yet")
         if self.policy == "missing":
             return decision("unchanged", "already exported")
-        reasons = self.stale_reasons(current, digest)
+        reasons = self.stale_reasons(current, digest, spec.format)
         if self.policy == "always":
             return decision("replace", "policy always" + (f" ({'; '.join(reasons)})" if reasons else ""))
         if reasons:
@@ -328,9 +353,11 @@ class RecentTargets:
         return True
 
 
-def plan(client: Any, source: str, policy: Policy, settings: Settings) -> Iterator[Decision]:
+def plan(
+    client: Any, source: str, policy: Policy, settings: Settings, to_format: Format | None = None
+) -> Iterator[Decision]:
     """Every candidate's decision, streamed: what a run would do, and why (``--dry-run``)."""
-    planner = Planner(client, settings, policy)
+    planner = Planner(client, settings, policy, to_format=to_format)
     recent = RecentTargets()
     for candidate in iter_candidates(client, check_source(source)):
         decision = planner.decide(candidate)

@@ -35,6 +35,9 @@ class ScheduleEntry(BaseModel):
 
     source: str = Field(description="s3://bucket/prefix of manifests, or a catalog (.jsonl/.yaml) on S3 or disk")
     policy: Policy = "if-stale"
+    to_format: Literal["torchscript", "pt2"] | None = Field(
+        default=None, description="convert every spec to this format (pt2: TorchScript exports get a .pt2 next to them)"
+    )
     cron: str | None = Field(default=None, description="crontab expression: minute hour day-of-month month day-of-week")
     every: float | None = Field(default=None, gt=0, description="seconds between runs, instead of cron")
 
@@ -120,6 +123,9 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(default=4, ge=1, le=64, description="parts uploading at once per export")
     upload_strategy: Literal["spool", "fifo"] = Field(
         default="spool", description="how archive bytes reach the uploader (docs/benchmarks.md)"
+    )
+    pt2_strategy: Literal["stream", "spool"] = Field(
+        default="stream", description="how .pt2 archive bytes reach the uploader (docs/benchmarks.md)"
     )
     spool_dir: str | None = Field(default=None, description="directory for spool files and pipes (on disk, not tmpfs)")
     checksum_algorithm: Literal["CRC32", "CRC32C", "SHA256", "CRC64NVME"] | None = Field(

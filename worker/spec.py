@@ -129,6 +129,41 @@ class ExtraURI(_Strict):
 
 ExtraSource = str | ExtraText | ExtraBase64 | ExtraURI
 
+#: Archive formats: TorchScript (``torch.jit``) and ``.pt2`` (``torch.export``).
+Format = Literal["torchscript", "pt2"]
+FORMATS: tuple[Format, ...] = ("torchscript", "pt2")
+#: Spec fields added after the first release, left out of the spec's JSON (and so of its
+#: hash and keys) while they hold their default: every earlier spec keeps its hash.
+_OMITTED_AT_DEFAULT = {"format": "torchscript", "dynamic_shapes": None}
+_DIM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+class DimSpec(_Strict):
+    """A dynamic dimension of a ``.pt2`` export (``torch.export.Dim``); dimensions that
+    share a name are one symbol: torch.export keeps them equal."""
+
+    name: str
+    min: int | None = Field(default=None, ge=0, le=2**62)
+    max: int | None = Field(default=None, ge=1, le=2**62)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _DIM_NAME_RE.fullmatch(v):
+            raise ValueError(f"dimension name must be a Python identifier of at most 64 characters, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DimSpec:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+#: One input's dynamic dimensions: dimension index (as a JSON key) -> a named dimension,
+#: or ``"auto"`` (torch.export decides, ``Dim.AUTO``).
+InputDims = dict[str, DimSpec | Literal["auto"]]
+
 
 class ExportSpec(_Strict):
     """What to export, where to: the CONTRACT's spec, plus tolerances and a seed."""
@@ -147,6 +182,10 @@ class ExportSpec(_Strict):
     atol: float = Field(default=1e-5, ge=0, description="absolute tolerance of the verification")
     rtol: float = Field(default=1e-4, ge=0, description="relative tolerance of the verification")
     seed: int = Field(default=0, ge=0, lt=2**63, description="seed of synthesized example inputs")
+    format: Format = Field(default="torchscript", description="archive format: torchscript or pt2 (torch.export)")
+    dynamic_shapes: list[InputDims | None] | None = Field(
+        default=None, description="pt2 only: per example input, its dynamic dimensions"
+    )
 
     @field_validator("name")
     @classmethod
@@ -210,7 +249,47 @@ class ExportSpec(_Strict):
         total = sum(math.prod(t.shape) for t in self.example_inputs or [] if t.shape is not None)
         if total > MAX_TOTAL_ELEMENTS:
             raise ValueError(f"example_inputs hold {total} elements together, more than {MAX_TOTAL_ELEMENTS}")
+        if self.format == "pt2":
+            self._check_pt2()
+        elif self.dynamic_shapes is not None:
+            raise ValueError("dynamic_shapes apply to format 'pt2' only")
         return self
+
+    def _check_pt2(self) -> None:
+        if not self.example_inputs:
+            raise ValueError("format 'pt2' needs example_inputs: torch.export.export captures the module with them")
+        if self.method != "script":
+            raise ValueError(
+                f"method {self.method!r} applies to format 'torchscript'; format 'pt2' always captures with "
+                "torch.export.export (leave method out)"
+            )
+        for name, source in self.extra_files.items():
+            if isinstance(source, ExtraBase64):
+                try:
+                    decode_base64(name, source.base64).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ValueError(
+                        f"extra_files.{name}: not UTF-8 text; a .pt2 archive carries text extra files only "
+                        "(torch.export.load decodes them as UTF-8)"
+                    ) from None
+        if self.dynamic_shapes is None:
+            return
+        if len(self.dynamic_shapes) != len(self.example_inputs):
+            raise ValueError(
+                f"dynamic_shapes has {len(self.dynamic_shapes)} entries, example_inputs {len(self.example_inputs)}: "
+                "give one per input (null for a static one)"
+            )
+        named: dict[str, DimSpec] = {}
+        for i, (dims, tensor) in enumerate(zip(self.dynamic_shapes, self.example_inputs, strict=True)):
+            for key, dim in (dims or {}).items():
+                rank = len(tensor.shape) if tensor.shape is not None else None
+                if not key.isdigit() or (rank is not None and int(key) >= rank):
+                    where = f" (input {i} has {rank} dimensions)" if rank is not None else ""
+                    raise ValueError(f"dynamic_shapes.{i}: {key!r} is not a dimension index{where}")
+                if isinstance(dim, DimSpec):
+                    seen = named.setdefault(dim.name, dim)
+                    if (seen.min, seen.max) != (dim.min, dim.max):
+                        raise ValueError(f"dynamic_shapes.{i}.{key}: dimension {dim.name!r} is given other bounds")
 
     @property
     def should_verify(self) -> bool:
@@ -223,8 +302,30 @@ class ExportSpec(_Strict):
         return "gpu" if self.device.startswith("cuda") else "cpu"
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The spec as plain JSON data (what is hashed, stored and sent)."""
-        return self.model_dump(mode="json")
+        """The spec as plain JSON data (what is hashed, stored and sent).  Fields added
+        later are left out while at their default, so earlier specs keep their hashes."""
+        data = self.model_dump(mode="json")
+        for key, default in _OMITTED_AT_DEFAULT.items():
+            if data.get(key, default) == default:
+                data.pop(key, None)
+        return data
+
+    def as_format(self, target: Format) -> ExportSpec:
+        """This spec for another archive format (a bulk run's ``to_format``): ``method`` goes
+        back to its default for ``pt2``, and ``dynamic_shapes`` for ``torchscript``.
+
+        Raises:
+            SpecError: the spec cannot be exported in ``target`` (naming why).
+        """
+        if target == self.format:
+            return self
+        data = self.to_json_dict()
+        data["format"] = target
+        if target == "pt2":
+            data.pop("method", None)
+        else:
+            data.pop("dynamic_shapes", None)
+        return parse_spec(data)
 
     @property
     def spec_hash(self) -> str:

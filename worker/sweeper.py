@@ -7,7 +7,7 @@ live export can still own, i.e. older than ``EXPORT_SWEEP_AFTER`` (by default th
 visibility timeout, itself above the hard time limit):
 
 - incomplete multipart uploads (``AbortMultipartUpload``);
-- staging objects of replacements (``model.pt.staging-*``);
+- staging objects of replacements (``model.pt.staging-*``, ``model.pt2.staging-*``);
 - archives without a manifest (an export that died between archive and manifest).
 
 Only keys in the service's own layout are touched; anything else under a prefix is left.
@@ -26,25 +26,25 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from serializer.manifest import ARTIFACT_SUFFIX, MANIFEST_SUFFIX
+from serializer.manifest import ARTIFACT_SUFFIXES, MANIFEST_SUFFIX, artifact_suffix
 from serializer.retry import error_code
 from serializer.s3uri import parse_s3_uri
 
 log = logging.getLogger(__name__)
 
-#: The last key segment of every archive the service writes (worker.job.export_keys).
-ARTIFACT_NAME = "model" + ARTIFACT_SUFFIX
+#: The last key segment of every archive the service writes (worker.job.export_keys), per format.
+ARTIFACT_NAMES = tuple("model" + suffix for suffix in ARTIFACT_SUFFIXES.values())
 #: Marks a replacement's staging object (see worker/job.py).
-STAGING_MARK = ARTIFACT_NAME + ".staging-"
+STAGING_MARKS = tuple(name + ".staging-" for name in ARTIFACT_NAMES)
 
 
 def _ours(key: str) -> tuple[bool, bool]:
     """(staging object, archive) for keys in the service's layout
-    ``.../{name}/{hash16}/torch-{version}/model.pt[.staging-*]``; other objects are never touched."""
+    ``.../{name}/{hash16}/torch-{version}/model.pt[2][.staging-*]``; other objects are never touched."""
     parts = key.rsplit("/", 2)
     if len(parts) < 3 or not parts[1].startswith("torch-"):
         return False, False
-    return parts[2].startswith(STAGING_MARK), parts[2] == ARTIFACT_NAME
+    return parts[2].startswith(STAGING_MARKS), parts[2] in ARTIFACT_NAMES
 
 
 @dataclass
@@ -101,8 +101,9 @@ def _sweep_uploads(client: Any, bucket: str, prefix: str, cutoff: datetime, repo
 
 
 def _sweep_objects(client: Any, bucket: str, prefix: str, cutoff: datetime, report: SweepReport, dry: bool) -> None:
-    # Within a folder the listing is sorted: "model.manifest.json" comes before "model.pt",
-    # so remembering the last manifest seen tells whether an archive has one.
+    # Within a folder the listing is sorted: "model.manifest.json" comes before "model.pt"
+    # and "model.pt2" (a folder holds one format: the spec's hash covers it), so
+    # remembering the last manifest seen tells whether an archive has one.
     last_manifest = ""
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
@@ -111,7 +112,8 @@ def _sweep_objects(client: Any, bucket: str, prefix: str, cutoff: datetime, repo
                 last_manifest = key
                 continue
             staging, archive = _ours(key)
-            orphan = archive and last_manifest != key[: -len(ARTIFACT_SUFFIX)] + MANIFEST_SUFFIX
+            suffix = artifact_suffix(key) or ""
+            orphan = archive and last_manifest != key[: -len(suffix)] + MANIFEST_SUFFIX
             if not (staging or orphan):
                 continue
             if item["LastModified"] >= cutoff:

@@ -173,8 +173,12 @@ def reexport(
     dry_run: bool = False,
     window: int | None = None,
     report_to: str | None = None,
+    to_format: str | None = None,
 ) -> dict[str, Any]:
     """Re-export every spec of a selection that ``policy`` picks (see worker/bulk.py).
+
+    With ``to_format`` (``"pt2"``), every spec is converted to that format first: a bulk
+    run turns TorchScript exports into ``.pt2`` ones, written next to them.
 
     ``source`` is an ``s3://bucket/prefix`` of manifests or a catalog of specs (``.jsonl``,
     ``.yaml``; on S3 or on a disk the workers share).  Returns the report (counts by
@@ -190,20 +194,25 @@ def reexport(
     settings: Settings = self.app.conf.export_settings
     source = check_source(source)
     chosen = bulk.new_policy(policy)
+    target_format = bulk.new_format(to_format)
     if window is not None and window < 1:
         raise ExportError(f"window must be at least 1, got {window}")
     run_id = str(self.request.id)
     report_uri = bulk.report_uri_for(source, run_id, settings, report_to)
     client = s3_client(settings)
     if dry_run:
-        return bulk.dry_run(client, source, chosen, settings, run_id=run_id, report_uri=report_uri)
+        return bulk.dry_run(
+            client, source, chosen, settings, run_id=run_id, report_uri=report_uri, to_format=target_format
+        )
 
-    run = bulk.BulkRun(redis_client(settings), bulk.RunKeys(run_id, source, chosen), settings)
+    keys = bulk.RunKeys(run_id, source, chosen, target_format or "")
+    run = bulk.BulkRun(redis_client(settings), keys, settings)
     resumed = run.start(window=window or settings.bulk_window, report_uri=report_uri)
     if resumed:
         log.info("bulk run %s resumes %s of %s", run_id, resumed, source)
     try:
-        bulk.plan_run(run, client, Planner(client, settings, chosen), _send_item, lambda: _publish_progress(self, run))
+        planner = Planner(client, settings, chosen, to_format=target_format)
+        bulk.plan_run(run, client, planner, _send_item, lambda: _publish_progress(self, run))
     except BaseException as exc:
         run.finalize(client, error=f"planning failed: {exc}")
         raise

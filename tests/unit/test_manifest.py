@@ -17,6 +17,7 @@ from serializer.errors import InvalidURI, ManifestError, ObjectExists
 from serializer.extras import ExtraFileInfo, sha256_hex
 from serializer.manifest import (
     SCHEMA_VERSION,
+    TORCHSCRIPT_SCHEMA_VERSION,
     Manifest,
     Producer,
     Verification,
@@ -84,7 +85,9 @@ def assert_sorted_keys(value: Any) -> None:
 def test_build_manifest_copies_the_archive() -> None:
     archive = fake_archive()
     m = make_manifest(archive)
-    assert m.schema_version == SCHEMA_VERSION
+    # A TorchScript manifest keeps version 2's layout, so readers of version 2 still read it.
+    assert m.schema_version == TORCHSCRIPT_SCHEMA_VERSION == 2
+    assert "pt2" not in json.loads(m.to_json())["artifact"]
     a = m.artifact
     assert (a.uri, a.size, a.sha256, a.etag) == (archive.uri, archive.size, archive.sha256, archive.etag)
     assert (a.format, a.format_version, a.archive_root) == ("torchscript", 3, "archive")

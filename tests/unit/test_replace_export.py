@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from serializer.extras import BUILD_JSON
-from serializer.manifest import SCHEMA_VERSION, Manifest, Verification, current_producer, read_manifest
+from serializer.manifest import TORCHSCRIPT_SCHEMA_VERSION, Manifest, Verification, current_producer, read_manifest
 from serializer.reader import read_extra_file
 from serializer.s3uri import parse_s3_uri
 from tests.conftest import object_keys, open_uploads
@@ -144,7 +144,7 @@ def test_replace_over_a_schema_v1_manifest_writes_the_current_schema(s3: Any, bu
     run_export(spec, settings=settings(), client=s3, replace=True)
 
     new = read_manifest(s3, first["manifest_uri"])
-    assert new.schema_version == SCHEMA_VERSION
+    assert new.schema_version == TORCHSCRIPT_SCHEMA_VERSION
     assert new.producer.builder == builder_digest(spec.builder, ALLOWED)
 
 
@@ -260,7 +260,7 @@ def test_failed_promotion_of_a_replacement_keeps_the_old_export(s3: Any, bucket:
 def test_schema_v1_manifest_is_still_read(s3: Any, bucket: str) -> None:
     result = run_export(tiny(bucket), settings=settings(), client=s3)
     doc = json.loads(read(s3, result["manifest_uri"]))
-    assert "builder" in doc["producer"] and doc["schema_version"] == SCHEMA_VERSION == 2
+    assert "builder" in doc["producer"] and doc["schema_version"] == TORCHSCRIPT_SCHEMA_VERSION == 2
     del doc["producer"]["builder"]
     doc["schema_version"] = 1
     manifest = Manifest.from_json(json.dumps(doc))

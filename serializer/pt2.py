@@ -1,0 +1,302 @@
+"""Export a ``torch.export`` program, with extra files, to S3 as a ``.pt2`` archive.
+
+``torch.export.save(ep, f, extra_files=...)`` writes the archive record by record through
+``PyTorchFileWriter``: to a path it streams to disk; to a file-like object it calls
+``f.write`` for every piece (a local header, a record's bytes, a data descriptor) and never
+builds the archive in memory.  It checks that the object says ``seekable()``, and seeks
+once, to 0, after the last byte (to hand a buffer back ready for reading); nothing else.
+Unlike ``torch.jit.save``, the writing is driven from Python, so a thread of this process
+can upload while the save goes on.  Two paths (docs/benchmarks.md compares them):
+
+``stream`` (default)
+    the save writes into an :class:`UploadStream`: each write goes straight into a
+    :class:`~serializer.multipart.MultipartWriter` (parts upload on its threads while the
+    save continues; a write blocks while ``max_in_flight`` parts are in flight).  No disk,
+    no child process, save and upload overlap.  The seek the save makes at the end is the
+    only one it accepts.
+``spool``
+    save to a temporary file, then stream it (as the TorchScript ``spool`` path).
+
+Either way the export's memory above the model is the writer's bound, plus what
+``torch.export.save`` itself holds: it copies each weight's storage into a ``bytes``
+object before writing it, so the largest single tensor is held twice for a moment.
+
+Extra files: ``torch.export.save`` stores them as text (it encodes ``str`` as UTF-8) and
+``torch.export.load`` decodes them as UTF-8, so a ``.pt2`` archive carries text extra
+files only; :func:`check_text_extras` refuses others by name.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+
+from .archive import ArchiveInfo, Pt2Info, check_extras, describe_archive, read_int_record
+from .errors import ArchiveError, InvalidExtraFile
+from .extras import normalize_extra_files
+from .multipart import MultipartWriter
+from .reader import read_checked
+from .s3uri import parse_s3_uri
+from .torchscript import CONTENT_TYPE, UploadOptions, upload_file
+from .zipindex import ZipIndex, ZipStreamIndexer
+
+log = logging.getLogger(__name__)
+
+Pt2Strategy = Literal["stream", "spool"]
+
+#: File name the archive is saved under; torch names the zip's root folder after it, so
+#: the root is "archive", as for a buffer.
+ARCHIVE_FILE = "archive.pt2"
+#: The format's name, as manifests and specs spell it.
+FORMAT = "pt2"
+#: Record (under the zip's root) holding the PT2 archive version.
+ARCHIVE_VERSION_RECORD = "archive_version"
+
+
+def export_schema_version() -> tuple[int, int]:
+    """The export schema version this torch serializes programs with ``(major, minor)``."""
+    from torch._export.serde.schema import SCHEMA_VERSION
+
+    return int(SCHEMA_VERSION[0]), int(SCHEMA_VERSION[1])
+
+
+def archive_version() -> int:
+    """The PT2 archive version this torch writes (and the only one it loads)."""
+    from torch.export.pt2_archive.constants import ARCHIVE_VERSION_VALUE
+
+    return int(ARCHIVE_VERSION_VALUE)
+
+
+def check_text_extras(extras: Mapping[str, bytes]) -> dict[str, str]:
+    """The extra files as text, as ``torch.export.save`` takes them.
+
+    Raises:
+        InvalidExtraFile: an extra file is not UTF-8 text (``torch.export.load`` decodes
+            every extra file as UTF-8: a binary one would make the archive unloadable).
+    """
+    out = {}
+    for name, content in extras.items():
+        try:
+            out[name] = content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidExtraFile(
+                f"extra file {name!r} is not UTF-8 text ({exc.reason} at byte {exc.start}): a .pt2 archive "
+                "carries text extra files only (torch.export.load decodes them as UTF-8); encode it "
+                "(base64, say) or use format torchscript"
+            ) from None
+    return out
+
+
+class UploadStream(io.RawIOBase):
+    """The write-only, forward-only target ``torch.export.save`` writes into.
+
+    Each write is copied (torch passes views of its own memory), indexed and handed to the
+    multipart writer.  ``seekable()`` is true because ``torch.export.save`` insists; a seek
+    to the current position is allowed, and so is the one rewind to 0 the save makes after
+    its last byte, which ends writing.  Any other seek raises ``io.UnsupportedOperation``:
+    bytes already sent cannot be rewritten.
+    """
+
+    def __init__(self, writer: MultipartWriter, indexer: ZipStreamIndexer) -> None:
+        super().__init__()
+        self._writer = writer
+        self._indexer = indexer
+        self._pos = 0
+        self._rewound = False
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return 0 if self._rewound else self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.tell(), io.SEEK_END: self._pos}.get(whence)
+        if base is None:
+            raise ValueError(f"invalid whence {whence}")
+        target = base + offset
+        if target == self.tell():
+            return target
+        if target == 0 and whence == io.SEEK_SET:
+            self._rewound = True
+            return 0
+        raise io.UnsupportedOperation(
+            f"cannot seek to {target}: {self._pos} bytes already streamed to S3 can not be rewritten"
+        )
+
+    def write(self, data: Any) -> int:
+        if self._rewound:
+            raise io.UnsupportedOperation("write after the archive was rewound: the stream is finished")
+        chunk = bytes(data)
+        self._indexer.feed(chunk)
+        self._writer.write(chunk)
+        self._pos += len(chunk)
+        return len(chunk)
+
+    def flush(self) -> None:
+        """Nothing to do: the writer sends parts as they fill."""
+
+
+def _check_program(program: object) -> None:
+    if not isinstance(program, torch.export.ExportedProgram):
+        raise ArchiveError(f"expected an ExportedProgram (torch.export.export), got {type(program).__name__}")
+
+
+def save_pt2(program: torch.export.ExportedProgram, target: str | io.IOBase, extras: Mapping[str, bytes]) -> None:
+    """``torch.export.save`` to a path or a stream, with text extra files.
+
+    Raises:
+        InvalidExtraFile: an extra file that is not UTF-8 text.
+        ArchiveError: torch could not save the program.
+    """
+    _check_program(program)
+    text = check_text_extras(extras)
+    try:
+        torch.export.save(program, target, extra_files=text or None)  # type: ignore[arg-type]
+    except (RuntimeError, OSError, AssertionError, TypeError, ValueError) as exc:
+        raise ArchiveError(f"torch.export.save failed: {exc}") from exc
+
+
+def describe_pt2(index: ZipIndex) -> Pt2Info:
+    """The PT2 facts of an archive: its archive version (from the zip) and the export
+    schema version this torch serialized it with."""
+    major, minor = export_schema_version()
+    return Pt2Info(
+        archive_version=read_int_record(index, ARCHIVE_VERSION_RECORD), schema_major=major, schema_minor=minor
+    )
+
+
+def export_pt2(
+    program: torch.export.ExportedProgram,
+    uri: str,
+    *,
+    client: Any,
+    extra_files: Mapping[str, bytes | str] | None = None,
+    options: UploadOptions | None = None,
+    strategy: Pt2Strategy = "stream",
+    spool_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_size: Callable[[int], None] | None = None,
+) -> ArchiveInfo:
+    """Save ``program`` with ``extra_files`` as a ``.pt2`` archive at ``uri`` (``s3://``).
+
+    The object appears complete or not at all.  Memory above the model: the writer's bound,
+    ``part_size * (max_in_flight + 1)``, plus the largest tensor (copied by torch's save).
+
+    Args:
+        client: boto3 S3 client (pool sized to ``options.max_in_flight``).
+        extra_files: archive name -> contents; UTF-8 text only.
+        strategy: ``"stream"`` or ``"spool"`` (see the module docstring).
+        spool_dir: where the ``spool`` path's temporary archive lives.
+        progress: called with byte counts as parts land.
+        on_size: called with the archive's size before the upload (``spool`` only).
+
+    Raises:
+        InvalidExtraFile: a bad extra-file name, or contents that are not UTF-8 text.
+        ArchiveError: the program could not be saved.
+        UploadFailed, ObjectExists: the upload failed or the key was taken (conditional).
+    """
+    target = parse_s3_uri(uri)
+    extras = normalize_extra_files(extra_files)
+    _check_program(program)
+    check_text_extras(extras)
+    opts = options or UploadOptions()
+    if strategy == "spool":
+        with tempfile.TemporaryDirectory(prefix="export-worker-", dir=spool_dir) as tmp:
+            path = os.path.join(tmp, ARCHIVE_FILE)
+            save_pt2(program, path, extras)
+            if on_size is not None:
+                on_size(os.path.getsize(path))
+            result, index = upload_file(path, client, target.bucket, target.key, opts, progress, extras)
+    elif strategy == "stream":
+        indexer = ZipStreamIndexer()
+        writer = MultipartWriter(
+            client,
+            target.bucket,
+            target.key,
+            part_size=opts.part_size,
+            max_in_flight=opts.max_in_flight,
+            checksum_algorithm=opts.checksum_algorithm,
+            if_none_match=opts.if_none_match,
+            extra_args={"ContentType": CONTENT_TYPE, **opts.extra_args},
+            progress=progress,
+        )
+        with writer:
+            save_pt2(program, UploadStream(writer, indexer), extras)
+            index = indexer.finish()
+            # Checked before commit, so a malformed archive is never published.
+            check_extras(index, extras)
+        assert writer.result is not None
+        result = writer.result
+    else:
+        raise ValueError(f"unknown strategy {strategy!r} (stream or spool)")
+    return describe_archive(result, index, extras, format=FORMAT, pt2=describe_pt2(index))
+
+
+def load_pt2_file(path: str, *, source: str | None = None) -> tuple[torch.export.ExportedProgram, dict[str, bytes]]:
+    """``torch.export.load`` a ``.pt2`` file; its extra files are read from the zip as bytes.
+
+    Raises:
+        ArchiveError: torch could not load it (naming why).
+    """
+    where = source or path
+    try:
+        # torch.export.load logs and falls back to a pre-2.8 layout on any error, which
+        # then fails with a message about that layout: the PT2 loader is called directly.
+        from torch.export.pt2_archive._package import load_pt2
+
+        contents = load_pt2(path)
+        program = contents.exported_programs["model"]
+    except KeyError as exc:
+        raise ArchiveError(f"torch.export.load of {where} failed: the archive holds no program 'model'") from exc
+    except (RuntimeError, ValueError, AssertionError, zipfile.BadZipFile, OSError) as exc:
+        raise ArchiveError(f"torch.export.load of {where} failed: {exc}") from exc
+    extras: dict[str, bytes] = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            _, _, rest = info.filename.partition("/")
+            if rest.startswith("extra/") and not info.is_dir():
+                extras[rest[len("extra/") :]] = zf.read(info)
+    return program, extras
+
+
+def load_pt2_artifact(
+    client: Any, uri: str, *, sha256: str | None = None, size: int | None = None, spool_dir: str | None = None
+) -> tuple[torch.export.ExportedProgram, dict[str, bytes]]:
+    """Download (to a temporary file, checked against ``size`` and ``sha256`` as it
+    arrives) and ``torch.export.load`` a stored ``.pt2`` archive.
+
+    Raises:
+        ArchiveError: digest mismatch, or torch could not load it.
+    """
+    target = parse_s3_uri(uri)
+    stored = int(client.head_object(Bucket=target.bucket, Key=target.key)["ContentLength"])
+    if size is not None and stored != size:
+        raise ArchiveError(f"{uri}: {stored} bytes stored, {size} expected")
+    with tempfile.TemporaryDirectory(prefix="export-worker-load-", dir=spool_dir) as tmp:
+        path = os.path.join(tmp, ARCHIVE_FILE)
+        with open(path, "wb") as out:
+            read_checked(client, uri, size=stored, sha256=sha256, sink=out.write)
+        return load_pt2_file(path, source=uri)
+
+
+def program_device(program: torch.export.ExportedProgram) -> torch.device:
+    """Where a loaded program's weights live (its inputs must go there too): the device of
+    its first parameter, buffer or constant tensor; the CPU for a program without any."""
+    for value in [*program.state_dict.values(), *program.constants.values()]:
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return torch.device("cpu")
