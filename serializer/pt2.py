@@ -21,6 +21,12 @@ Either way the export's memory above the model is the writer's bound, plus what
 ``torch.export.save`` itself holds: it copies each weight's storage into a ``bytes``
 object before writing it, so the largest single tensor is held twice for a moment.
 
+Loading: ``torch.export.load`` unpickles some payloads with ``weights_only=False``
+(tensor subclasses, constants that are objects, sample inputs that ``weights_only`` refuses)
+and loads AOTInductor shared libraries it finds.  :func:`check_pt2_payloads` refuses such
+an archive before torch sees it: only raw tensor bytes, JSON, text and plain sample inputs
+are loaded here.
+
 Extra files: ``torch.export.save`` stores them as text (it encodes ``str`` as UTF-8) and
 ``torch.export.load`` decodes them as UTF-8, so a ``.pt2`` archive carries text extra
 files only; :func:`check_text_extras` refuses others by name.
@@ -29,6 +35,7 @@ files only; :func:`check_text_extras` refuses others by name.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import tempfile
@@ -246,13 +253,60 @@ def export_pt2(
     return describe_archive(result, index, extras, format=FORMAT, pt2=describe_pt2(index))
 
 
-def load_pt2_file(path: str, *, source: str | None = None) -> tuple[torch.export.ExportedProgram, dict[str, bytes]]:
-    """``torch.export.load`` a ``.pt2`` file; its extra files are read from the zip as bytes.
+#: Records a ``.pt2`` archive loaded here may hold (below the zip's root).
+_ALLOWED_RECORDS = ("models/", "data/weights/", "data/constants/", "data/sample_inputs/", "extra/", ".data/")
+_ALLOWED_FILES = frozenset({"archive_format", "archive_version", "byteorder"})
+
+
+def check_pt2_payloads(path: str, *, source: str | None = None) -> None:
+    """Refuse a ``.pt2`` whose loading would run code: pickled weights or constants
+    (``use_pickle``), custom or opaque objects, sample inputs that ``weights_only=True``
+    cannot load, or records outside a plain exported program (AOTInductor libraries,
+    ExecuTorch programs).
 
     Raises:
-        ArchiveError: torch could not load it (naming why).
+        ArchiveError: naming what was found.
     """
     where = source or path
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [info.filename.partition("/")[2] for info in zf.infolist() if not info.is_dir()]
+            root = zf.infolist()[0].filename.partition("/")[0] if names else ""
+            odd = [n for n in names if not (n.startswith(_ALLOWED_RECORDS) or n in _ALLOWED_FILES)]
+            if odd:
+                raise ArchiveError(f"{where}: records other than a plain exported program ({odd[:3]}); refused")
+            pickled = []
+            for name in names:
+                if name.endswith("_config.json") and name.startswith(("data/weights/", "data/constants/")):
+                    config = json.loads(zf.read(f"{root}/{name}")).get("config", {})
+                    pickled += [fqn for fqn, meta in config.items() if meta.get("use_pickle")]
+            if pickled:
+                raise ArchiveError(
+                    f"{where}: holds pickled payloads ({', '.join(pickled[:3])}); torch.export.load would unpickle "
+                    "them with weights_only=False: refused"
+                )
+            for name in names:
+                if name.startswith("data/sample_inputs/"):
+                    try:
+                        torch.load(io.BytesIO(zf.read(f"{root}/{name}")), weights_only=True)
+                    except Exception as exc:
+                        raise ArchiveError(
+                            f"{where}: sample inputs {name} are not plain tensors (weights_only=True refused them: "
+                            f"{exc}); torch.export.load would unpickle them without that guard: refused"
+                        ) from exc
+    except (zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
+        raise ArchiveError(f"{where}: not a readable .pt2 archive: {exc}") from exc
+
+
+def load_pt2_file(path: str, *, source: str | None = None) -> tuple[torch.export.ExportedProgram, dict[str, bytes]]:
+    """``torch.export.load`` a ``.pt2`` file, after :func:`check_pt2_payloads`; its extra
+    files are read from the zip as bytes.
+
+    Raises:
+        ArchiveError: refused, or torch could not load it (naming why).
+    """
+    where = source or path
+    check_pt2_payloads(path, source=source)
     try:
         # torch.export.load logs and falls back to a pre-2.8 layout on any error, which
         # then fails with a message about that layout: the PT2 loader is called directly.

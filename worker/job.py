@@ -205,6 +205,7 @@ def result_of(manifest: Manifest, keys: Keys, *, skipped: bool) -> dict[str, Any
         "spec_hash": manifest.spec_hash,
         "extra_files": [e.name for e in manifest.extra_files],
         "skipped": skipped,
+        "format": manifest.artifact.format,
         "format_version": manifest.artifact.format_version,
         "verification": manifest.verification.model_dump() if manifest.verification else None,
     }

@@ -7,8 +7,8 @@ all when scraped).  Metrics:
 
 - ``export_worker_exports_total{outcome}``: ``exported``, ``skipped``, ``failed``;
 - ``export_worker_uploaded_bytes_total``: archive bytes sent to S3;
-- ``export_worker_stage_seconds{stage}``: a histogram per stage (building, scripting,
-  uploading, verifying, publishing);
+- ``export_worker_stage_seconds{stage}``: a histogram per stage (building,
+  scripting, or exporting for pt2, then uploading, verifying, publishing);
 - ``export_worker_jobs_in_flight``: exports running now;
 - ``export_worker_retries_total{reason}``: jobs sent back for another try.
 
