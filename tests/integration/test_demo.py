@@ -45,6 +45,22 @@ def test_demo_exports_verifies_and_loads_back(tmp_path: Path, strategy: str) -> 
     assert list(tmp_path.iterdir()) == [], "spool files or pipes were left behind"
 
 
+def test_demo_in_pt2_format_exports_verifies_and_loads_back(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT", "EXPORT_", "CELERY_"))}
+    env["EXPORT_SPOOL_DIR"] = str(tmp_path)
+    proc = _exportctl("demo", "--format", "pt2", env=env)
+    assert proc.returncode == 0, proc.stderr
+    consumer = json.loads(proc.stdout[proc.stdout.rindex("\n{\n") + 1 :])
+    assert consumer["format"] == "pt2"
+    assert consumer["loaded_from"].endswith("/model.pt2")
+    assert consumer["verification_passed"] is True
+    assert consumer["logits_shape"] == [2, 4]
+    assert consumer["extra_files"] == {"labels.txt": 18, "README.md": 24}
+    assert '"schema_version": 3' in proc.stdout
+    assert '"archive_version": 0' in proc.stdout
+    assert list(tmp_path.iterdir()) == [], "spool files were left behind"
+
+
 def test_show_of_a_missing_manifest_is_one_clear_line(moto_process_endpoint: str) -> None:
     env = dict(os.environ, AWS_ENDPOINT_URL_S3=moto_process_endpoint)
     proc = _exportctl("show", "s3://no-such-bucket-here/x/model.pt", env=env, timeout=60)
