@@ -109,6 +109,12 @@ class UploadStream(io.RawIOBase):
     to the current position is allowed, and so is the one rewind to 0 the save makes after
     its last byte, which ends writing.  Any other seek raises ``io.UnsupportedOperation``:
     bytes already sent cannot be rewritten.
+
+    :meth:`write` never raises.  It is called from inside torch's C++ writer, and an
+    exception there leaves the writer inconsistent: its destructor then fails and the C++
+    runtime aborts the whole process.  So the first failure (an upload error, a soft time
+    limit arriving in the upload's Python code) is kept in :attr:`failure`, the rest of the
+    save is discarded, and :meth:`raise_failure` raises it once the save has returned.
     """
 
     def __init__(self, writer: MultipartWriter, indexer: ZipStreamIndexer) -> None:
@@ -117,6 +123,14 @@ class UploadStream(io.RawIOBase):
         self._indexer = indexer
         self._pos = 0
         self._rewound = False
+        #: The first error met while writing; later writes are discarded.
+        self.failure: BaseException | None = None
+
+    def raise_failure(self) -> None:
+        """Raise the error kept by :meth:`write`, if any."""
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise failure
 
     def writable(self) -> bool:
         return True
@@ -145,13 +159,19 @@ class UploadStream(io.RawIOBase):
         )
 
     def write(self, data: Any) -> int:
-        if self._rewound:
-            raise io.UnsupportedOperation("write after the archive was rewound: the stream is finished")
-        chunk = bytes(data)
-        self._indexer.feed(chunk)
-        self._writer.write(chunk)
-        self._pos += len(chunk)
-        return len(chunk)
+        size = memoryview(data).nbytes
+        if self.failure is not None:
+            return size
+        try:
+            if self._rewound:
+                raise io.UnsupportedOperation("write after the archive was rewound: the stream is finished")
+            chunk = bytes(data)
+            self._indexer.feed(chunk)
+            self._writer.write(chunk)
+            self._pos += len(chunk)
+        except BaseException as exc:  # noqa: BLE001 - kept, raised by raise_failure (see the class)
+            self.failure = exc
+        return size
 
     def flush(self) -> None:
         """Nothing to do: the writer sends parts as they fill."""
@@ -242,7 +262,13 @@ def export_pt2(
             progress=progress,
         )
         with writer:
-            save_pt2(program, UploadStream(writer, indexer), extras)
+            stream = UploadStream(writer, indexer)
+            try:
+                save_pt2(program, stream, extras)
+            except BaseException:
+                stream.raise_failure()  # the cause, where the stream failed first
+                raise
+            stream.raise_failure()
             index = indexer.finish()
             # Checked before commit, so a malformed archive is never published.
             check_extras(index, extras)
