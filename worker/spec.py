@@ -283,7 +283,8 @@ class ExportSpec(_Strict):
         for i, (dims, tensor) in enumerate(zip(self.dynamic_shapes, self.example_inputs, strict=True)):
             for key, dim in (dims or {}).items():
                 rank = len(tensor.shape) if tensor.shape is not None else None
-                if not key.isdigit() or (rank is not None and int(key) >= rank):
+                # A given value's rank is its nesting depth, bounded by the JSON depth limit.
+                if not (key.isascii() and key.isdigit()) or int(key) >= (rank if rank is not None else MAX_JSON_DEPTH):
                     where = f" (input {i} has {rank} dimensions)" if rank is not None else ""
                     raise ValueError(f"dynamic_shapes.{i}: {key!r} is not a dimension index{where}")
                 if isinstance(dim, DimSpec):
