@@ -18,8 +18,10 @@ can upload while the save goes on.  Two paths (docs/benchmarks.md compares them)
     save to a temporary file, then stream it (as the TorchScript ``spool`` path).
 
 Either way the export's memory above the model is the writer's bound, plus what
-``torch.export.save`` itself holds: it copies each weight's storage into a ``bytes``
-object before writing it, so the largest single tensor is held twice for a moment.
+``torch.export.save`` itself holds whatever its target (a path included): it copies each
+weight's storage into a ``bytes`` object, and ``write_record`` copies that again into C++
+memory, so two extra copies of the largest single tensor exist for a moment.  (The stream
+passes torch's writes on a slice at a time, so it adds none.)
 
 Loading: ``torch.export.load`` unpickles some payloads with ``weights_only=False``
 (tensor subclasses, constants that are objects, sample inputs that ``weights_only`` refuses)
@@ -63,6 +65,8 @@ Pt2Strategy = Literal["stream", "spool"]
 ARCHIVE_FILE = "archive.pt2"
 #: The format's name, as manifests and specs spell it.
 FORMAT = "pt2"
+#: Bytes copied out of one of torch's writes at a time (a write can be a whole tensor).
+WRITE_SLICE = 1024**2
 #: Record (under the zip's root) holding the PT2 archive version.
 ARCHIVE_VERSION_RECORD = "archive_version"
 
@@ -159,16 +163,21 @@ class UploadStream(io.RawIOBase):
         )
 
     def write(self, data: Any) -> int:
-        size = memoryview(data).nbytes
+        view = memoryview(data).cast("B")
+        size = view.nbytes
         if self.failure is not None:
             return size
         try:
             if self._rewound:
                 raise io.UnsupportedOperation("write after the archive was rewound: the stream is finished")
-            chunk = bytes(data)
-            self._indexer.feed(chunk)
-            self._writer.write(chunk)
-            self._pos += len(chunk)
+            # torch writes a whole tensor in one call: copied and passed on a slice at a
+            # time, so this adds one slice, not one tensor, to what the save holds (the
+            # indexer keeps the chunks it is fed for its tail).
+            for start in range(0, size, WRITE_SLICE):
+                chunk = bytes(view[start : start + WRITE_SLICE])
+                self._indexer.feed(chunk)
+                self._writer.write(chunk)
+                self._pos += len(chunk)
         except BaseException as exc:  # noqa: BLE001 - kept, raised by raise_failure (see the class)
             self.failure = exc
         return size
@@ -221,7 +230,8 @@ def export_pt2(
     """Save ``program`` with ``extra_files`` as a ``.pt2`` archive at ``uri`` (``s3://``).
 
     The object appears complete or not at all.  Memory above the model: the writer's bound,
-    ``part_size * (max_in_flight + 1)``, plus the largest tensor (copied by torch's save).
+    ``part_size * (max_in_flight + 1)``, plus twice the largest tensor (torch's save copies
+    each weight twice before writing it, whatever the target).
 
     Args:
         client: boto3 S3 client (pool sized to ``options.max_in_flight``).
