@@ -185,7 +185,9 @@ def check_compatibility(
     """
     if manifest.artifact.format == "pt2":
         if pt2_archive_version is None or export_schema is None:
-            pt2_archive_version, export_schema = local_pt2_reader()
+            local_archive, local_schema = local_pt2_reader()
+            pt2_archive_version = local_archive if pt2_archive_version is None else pt2_archive_version
+            export_schema = local_schema if export_schema is None else export_schema
         return _pt2_compatibility(manifest, local_torch, pt2_archive_version, export_schema)
     made_by = manifest.producer.torch
     version = manifest.artifact.format_version
