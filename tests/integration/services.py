@@ -4,12 +4,14 @@ database, a Celery client of that database."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -78,3 +80,47 @@ def tail(path: Path, lines: int = 80) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError as exc:
         return f"(no log: {exc})"
+
+
+class ServiceWorld:
+    """A test module's service: its broker database (a Celery client and a Redis client of
+    it), the environment its worker runs with, the S3 server, and the worker's log."""
+
+    #: Prefix of the buckets :meth:`bucket` makes.
+    bucket_prefix = "test"
+
+    def __init__(self, broker: str, env: dict[str, str], s3: Any, log_path: Path) -> None:
+        import redis
+
+        self.broker = broker
+        self.env = env
+        self.s3 = s3
+        self.log_path = log_path
+        self.app = client_app(broker)
+        self.redis = redis.Redis.from_url(broker)
+
+    def bucket(self) -> str:
+        """A fresh bucket."""
+        name = f"{self.bucket_prefix}-{uuid.uuid4().hex[:12]}"
+        self.s3.create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every key under ``prefix``, sorted."""
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+    def open_uploads(self, bucket: str, prefix: str = "") -> list[Any]:
+        """Multipart uploads still open under ``prefix``."""
+        return list(self.s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []))
+
+    def manifests(self, bucket: str, prefix: str = "models/") -> dict[str, dict[str, Any]]:
+        """Every manifest under ``prefix``, by key."""
+        return {
+            key: json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            for key in self.keys(bucket, prefix)
+            if key.endswith(".manifest.json")
+        }
+
+    def log_tail(self) -> str:
+        return tail(self.log_path)

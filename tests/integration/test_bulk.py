@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +27,7 @@ from worker.local_services import stop_process
 from worker.settings import Settings
 
 from .conftest import ROOT
-from .services import client_app as _client_app
+from .services import ServiceWorld
 from .services import db_url as _url
 from .services import running_worker as _worker
 from .services import tail as _tail
@@ -43,23 +42,10 @@ INPUTS = [{"shape": [2, 8], "dtype": "float32"}]
 TINY = {"in_features": 8, "hidden": 8, "classes": 3}
 
 
-class Bulk:
+class Bulk(ServiceWorld):
     """The bulk tests' world: a broker database, a worker with 2 processes, the S3 server."""
 
-    def __init__(self, broker: str, env: dict[str, str], s3: Any, log_path: Path) -> None:
-        import redis
-
-        self.broker = broker
-        self.env = env
-        self.s3 = s3
-        self.log_path = log_path
-        self.app = _client_app(broker)
-        self.redis = redis.Redis.from_url(broker)
-
-    def bucket(self) -> str:
-        name = f"bulk-{uuid.uuid4().hex[:12]}"
-        self.s3.create_bucket(Bucket=name)
-        return name
+    bucket_prefix = "bulk"
 
     def reexport(self, source: str, **kwargs: Any) -> Any:
         return self.app.send_task("worker.tasks.reexport", args=[source], kwargs=kwargs, queue="cpu")
@@ -75,22 +61,6 @@ class Bulk:
 
     def progress(self, run_id: str) -> dict[str, Any]:
         return BulkRun.load(self.redis, run_id, Settings()).progress()
-
-    def manifests(self, bucket: str, prefix: str = "models/") -> dict[str, dict[str, Any]]:
-        out = {}
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                if item["Key"].endswith(".manifest.json"):
-                    body = self.s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-                    out[item["Key"]] = json.loads(body)
-        return out
-
-    def keys(self, bucket: str) -> list[str]:
-        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-        return [item["Key"] for page in pages for item in page.get("Contents", [])]
-
-    def open_uploads(self, bucket: str) -> list[Any]:
-        return list(self.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
 
     def put_catalog(self, bucket: str, specs: list[dict[str, Any]], key: str = "catalog.jsonl") -> str:
         body = "\n".join(json.dumps(s) for s in specs).encode()
