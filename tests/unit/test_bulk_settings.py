@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 from datetime import timedelta
 from typing import Any
 
@@ -16,12 +15,7 @@ from pydantic import ValidationError
 from worker.celery import CPU_QUEUE, beat_schedule, create_app
 from worker.settings import ScheduleEntry, Settings, crontab_of
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("EXPORT_", "CELERY_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 # -- crontab_of ---------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 import threading
 import time
 import uuid
@@ -88,11 +87,7 @@ PRE_PT2_SPEC_HASH = "19d16341be30993e8d8bc0736fce803577e73b7686ced6c04ca9fe358e7
 STRATEGIES: list[Pt2Strategy] = ["stream", "spool"]
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("EXPORT_", "CELERY_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,11 +34,7 @@ LATER = datetime.now(UTC) + timedelta(hours=2)
 FOLDER = "models/m/0123456789abcdef/torch-2.13.0_cpu"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("EXPORT_", "CELERY_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def settings(**changes: Any) -> Settings:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -32,11 +31,7 @@ ALLOWED = ("worker.examples",)
 STAGING = ".staging-"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("EXPORT_", "CELERY_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def settings(**changes: Any) -> Settings:

@@ -5,7 +5,6 @@ real exports in the in-process moto server, the streamed plan, report locations,
 from __future__ import annotations
 
 import json
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -37,12 +36,7 @@ JUNK_OBJECTS = 25
 PAGE_SIZE = 10
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No EXPORT_ / CELERY_ setting from the caller's shell (a report prefix, an allow-list)."""
-    for name in list(os.environ):
-        if name.startswith(("EXPORT_", "CELERY_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def settings(**changes: Any) -> Settings:

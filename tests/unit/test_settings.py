@@ -7,14 +7,7 @@ from pydantic import ValidationError
 
 from worker.settings import DEFAULT_ALLOWED_BUILDERS, Settings
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith(("EXPORT_", "CELERY_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def test_defaults_are_sane() -> None:
