@@ -311,33 +311,24 @@ def run_export(
         checksum_algorithm=settings.checksum_algorithm,
         if_none_match=settings.conditional_publish and not replacing,
     )
-    try:
-        if spec.format == "pt2":
-            from serializer.pt2 import export_pt2
+    exporter: Callable[..., ArchiveInfo] = export_torchscript
+    strategy: str = settings.upload_strategy
+    if spec.format == "pt2":
+        from serializer.pt2 import export_pt2
 
-            info = export_pt2(
-                captured,
-                upload_uri,
-                client=client,
-                extra_files=extras,
-                options=options,
-                strategy=settings.pt2_strategy,
-                spool_dir=settings.spool_dir,
-                progress=on_bytes,
-                on_size=on_size,
-            )
-        else:
-            info = export_torchscript(
-                captured,
-                upload_uri,
-                client=client,
-                extra_files=extras,
-                options=options,
-                strategy=settings.upload_strategy,
-                spool_dir=settings.spool_dir,
-                progress=on_bytes,
-                on_size=on_size,
-            )
+        exporter, strategy = export_pt2, settings.pt2_strategy
+    try:
+        info = exporter(
+            captured,
+            upload_uri,
+            client=client,
+            extra_files=extras,
+            options=options,
+            strategy=strategy,
+            spool_dir=settings.spool_dir,
+            progress=on_bytes,
+            on_size=on_size,
+        )
     except ObjectExists:
         return _await_winner(client, keys, other_running)
     finally:
