@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .errors import ArchiveError
-from .manifest import Manifest
+from .manifest import PT2_SUFFIX, Manifest
 from .reader import read_checked
 from .s3uri import parse_s3_uri
 from .torchscript import quiet_torchscript_deprecation
@@ -53,6 +53,10 @@ def load_artifact(
     Raises:
         ArchiveError: digest mismatch, or torch could not load it.
     """
+    if parse_s3_uri(uri).key.endswith(PT2_SUFFIX):
+        raise ArchiveError(
+            f"{uri} is a .pt2 archive, not TorchScript: load it with open_artifact or serializer.pt2.load_pt2_artifact"
+        )
     with tempfile.TemporaryDirectory(prefix="export-worker-load-", dir=spool_dir) as tmp:
         path = os.path.join(tmp, "archive.pt")
         download_checked(client, uri, path, sha256=sha256, size=size)
@@ -121,7 +125,7 @@ def open_artifact(
     without one, every module is loaded onto the CPU, whatever device it was saved from.
     A ``.pt2`` archive is loaded with ``torch.export.load`` and gives an
     ``ExportedProgram`` (call ``.module()`` to run it); its weights come back on the device
-    they were exported from, and ``map_location`` does not apply.
+    they were exported from: ``map_location`` may only name that device.
 
     Returns:
         The module (or program), its manifest, and the requested extra files' bytes.
@@ -140,8 +144,12 @@ def open_artifact(
         if not verdict.ok:
             raise ArchiveError(f"{manifest.artifact.uri}: {verdict.reason}")
     if manifest.artifact.format == "pt2":
-        if map_location is not None:
-            raise ValueError("map_location applies to TorchScript archives; torch.export.load has none")
+        # torch.export.load has no map_location: the weights go back where they were exported.
+        if map_location is not None and torch.device(map_location) != torch.device(manifest.producer.device):
+            raise ValueError(
+                f"map_location {map_location!r}: a .pt2 loads on the device it was exported on "
+                f"({manifest.producer.device}); torch.export.load cannot move it"
+            )
         from .pt2 import load_pt2_artifact
 
         program, stored = load_pt2_artifact(

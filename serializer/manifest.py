@@ -141,6 +141,12 @@ class Manifest(_Model):
     verification: Verification | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _pt2_schema(self) -> Manifest:
+        if self.artifact.format == "pt2" and self.schema_version < SCHEMA_VERSION:
+            raise ValueError(f"a pt2 manifest is schema version {SCHEMA_VERSION} or later, not {self.schema_version}")
+        return self
+
     def to_json(self) -> bytes:
         """Canonical JSON: sorted keys, compact, UTF-8.  ``artifact.pt2`` is left out of
         a TorchScript manifest, whose layout stays version 2's."""

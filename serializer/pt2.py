@@ -37,13 +37,15 @@ files only; :func:`check_text_extras` refuses others by name.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
+import re
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import torch
@@ -55,7 +57,7 @@ from .multipart import MultipartWriter
 from .reader import read_checked
 from .s3uri import parse_s3_uri
 from .torchscript import CONTENT_TYPE, UploadOptions, upload_file
-from .zipindex import ZipIndex, ZipStreamIndexer
+from .zipindex import CentralDirectoryTooLarge, ZipIndex, ZipStreamIndexer
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +166,12 @@ class UploadStream(io.RawIOBase):
         )
 
     def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        size = view.nbytes
-        if self.failure is not None:
-            return size
+        size = 0
         try:
+            view = memoryview(data).cast("B")
+            size = view.nbytes
+            if self.failure is not None:
+                return size
             if self._rewound:
                 raise io.UnsupportedOperation("write after the archive was rewound: the stream is finished")
             # torch writes a whole tensor in one call: copied and passed on a slice at a
@@ -190,6 +193,17 @@ class UploadStream(io.RawIOBase):
 def _check_program(program: object) -> None:
     if not isinstance(program, torch.export.ExportedProgram):
         raise ArchiveError(f"expected an ExportedProgram (torch.export.export), got {type(program).__name__}")
+    pickled = [
+        name
+        for name, value in [*program.state_dict.items(), *program.constants.items()]
+        if not (isinstance(value, torch.Tensor) and type(value.data) is torch.Tensor)
+    ]
+    if pickled:
+        raise ArchiveError(
+            f"the program holds weights or constants that torch.export.save pickles ({', '.join(pickled[:3])}: "
+            "tensor subclasses or objects); loading them would unpickle code, which this service refuses: "
+            "export it as torchscript"
+        )
 
 
 def save_pt2(program: torch.export.ExportedProgram, target: str | io.IOBase, extras: Mapping[str, bytes]) -> None:
@@ -280,7 +294,13 @@ def export_pt2(
                 stream.raise_failure()  # the cause, where the stream failed first
                 raise
             stream.raise_failure()
-            index = indexer.finish()
+            try:
+                index = indexer.finish()
+            except CentralDirectoryTooLarge as exc:
+                raise ArchiveError(
+                    f"the archive's central directory ({exc.needed} bytes) is larger than the stream keeps of its "
+                    "end: set EXPORT_PT2_STRATEGY=spool for a program with this many tensors"
+                ) from exc
             # Checked before commit, so a malformed archive is never published.
             check_extras(index, extras)
         assert writer.result is not None
@@ -290,16 +310,44 @@ def export_pt2(
     return describe_archive(result, index, extras, format=FORMAT, pt2=describe_pt2(index))
 
 
-#: Records a ``.pt2`` archive loaded here may hold (below the zip's root).
-_ALLOWED_RECORDS = ("models/", "data/weights/", "data/constants/", "data/sample_inputs/", "extra/", ".data/")
-_ALLOWED_FILES = frozenset({"archive_format", "archive_version", "byteorder"})
+#: The one program a ``.pt2`` loaded here holds (``torch.export.save`` names it "model").
+PROGRAM = "model"
+#: Records such an archive holds besides its payloads and extra files (below the zip's root).
+_PLAIN_RECORDS = frozenset(
+    {
+        "archive_format",
+        "archive_version",
+        "byteorder",
+        ".data/version",
+        ".data/serialization_id",
+        f"models/{PROGRAM}.json",
+        f"data/sample_inputs/{PROGRAM}.pt",
+    }
+)
+#: Payload configs: config record -> (folder of its payloads, the only payload names allowed:
+#: raw tensor bytes; ``custom_obj_*`` / ``opaque_obj_*`` are unpickled by torch).
+_PAYLOAD_CONFIGS = {
+    f"data/weights/{PROGRAM}_weights_config.json": ("data/weights/", re.compile(r"weight_[0-9]{1,9}")),
+    f"data/constants/{PROGRAM}_constants_config.json": ("data/constants/", re.compile(r"tensor_[0-9]{1,9}")),
+}
+
+
+def _refuse(where: str, why: str) -> ArchiveError:
+    return ArchiveError(f"{where}: {why}; refused (torch.export.load could run code from it)")
 
 
 def check_pt2_payloads(path: str, *, source: str | None = None) -> None:
-    """Refuse a ``.pt2`` whose loading would run code: pickled weights or constants
-    (``use_pickle``), custom or opaque objects, sample inputs that ``weights_only=True``
-    cannot load, or records outside a plain exported program (AOTInductor libraries,
-    ExecuTorch programs).
+    """Refuse a ``.pt2`` unless it holds a plain exported program, and nothing
+    ``torch.export.load`` would unpickle or load as code.
+
+    An allow-list, read from the zip's central directory: one root folder, no duplicate
+    names (zip readers disagree on which copy counts), exactly the records of one program
+    named "model" (its JSON, its sample inputs, its weights and constants configs), payloads
+    that those configs name as raw tensor bytes (``use_pickle`` false, a tensor_meta, a
+    ``weight_N``/``tensor_N`` name), and extra files.  Refused by name: pickled tensors,
+    custom and opaque objects, the legacy pickled weight files, AOTInductor and ExecuTorch
+    records, anything else.  The sample inputs must load with ``weights_only=True``.  A
+    program whose weights live on CUDA is refused on a host without it (with that reason).
 
     Raises:
         ArchiveError: naming what was found.
@@ -307,32 +355,84 @@ def check_pt2_payloads(path: str, *, source: str | None = None) -> None:
     where = source or path
     try:
         with zipfile.ZipFile(path) as zf:
-            names = [info.filename.partition("/")[2] for info in zf.infolist() if not info.is_dir()]
-            root = zf.infolist()[0].filename.partition("/")[0] if names else ""
-            odd = [n for n in names if not (n.startswith(_ALLOWED_RECORDS) or n in _ALLOWED_FILES)]
+            infos = zf.infolist()
+            names = [info.filename for info in infos]
+            if len(set(names)) != len(names):
+                raise _refuse(where, "the zip names a record twice")
+            roots = {name.partition("/")[0] for name in names}
+            if len(roots) != 1:
+                raise _refuse(where, f"records under {len(roots)} root folders")
+            records = {info.filename.partition("/")[2]: info for info in infos}
+            payloads: set[str] = set()
+            devices: set[str] = set()
+            bad: list[str] = []
+            for config_name, (folder, allowed) in _PAYLOAD_CONFIGS.items():
+                if config_name not in records:
+                    raise ArchiveError(f"{where}: not a plain exported program: no {config_name}")
+                raw = json.loads(zf.read(records[config_name]))
+                config = raw.get("config") if isinstance(raw, dict) else None
+                if not isinstance(config, dict):
+                    raise ArchiveError(f"{where}: {config_name} is not a payload config")
+                for fqn, meta in config.items():
+                    name = meta.get("path_name") if isinstance(meta, dict) else None
+                    tensor_meta = meta.get("tensor_meta") if isinstance(meta, dict) else None
+                    if (
+                        not isinstance(name, str)
+                        or not allowed.fullmatch(name)
+                        or meta.get("use_pickle") is not False
+                        or not isinstance(tensor_meta, dict)
+                    ):
+                        bad.append(str(fqn))
+                        continue
+                    payloads.add(folder + name)
+                    device = tensor_meta.get("device")
+                    devices.add(str(device.get("type")) if isinstance(device, dict) else "?")
+            if bad:
+                raise _refuse(where, f"it holds pickled or object payloads ({', '.join(bad[:3])})")
+            odd = [
+                name
+                for name in records
+                if name not in _PLAIN_RECORDS
+                and name not in _PAYLOAD_CONFIGS
+                and name not in payloads
+                and not (name.startswith("extra/") and len(name) > len("extra/"))
+            ]
             if odd:
-                raise ArchiveError(f"{where}: records other than a plain exported program ({odd[:3]}); refused")
-            pickled = []
-            for name in names:
-                if name.endswith("_config.json") and name.startswith(("data/weights/", "data/constants/")):
-                    config = json.loads(zf.read(f"{root}/{name}")).get("config", {})
-                    pickled += [fqn for fqn, meta in config.items() if meta.get("use_pickle")]
-            if pickled:
+                raise _refuse(where, f"records other than a plain exported program ({', '.join(sorted(odd)[:3])})")
+            if "cuda" in devices and not torch.cuda.is_available():
                 raise ArchiveError(
-                    f"{where}: holds pickled payloads ({', '.join(pickled[:3])}); torch.export.load would unpickle "
-                    "them with weights_only=False: refused"
+                    f"{where}: its weights were exported on CUDA and torch.export.load puts them back there; "
+                    "this host has no CUDA: load it on a GPU host"
                 )
-            for name in names:
-                if name.startswith("data/sample_inputs/"):
-                    try:
-                        torch.load(io.BytesIO(zf.read(f"{root}/{name}")), weights_only=True)
-                    except Exception as exc:
-                        raise ArchiveError(
-                            f"{where}: sample inputs {name} are not plain tensors (weights_only=True refused them: "
-                            f"{exc}); torch.export.load would unpickle them without that guard: refused"
-                        ) from exc
+            sample_inputs = f"data/sample_inputs/{PROGRAM}.pt"
+            if sample_inputs in records:
+                try:
+                    torch.load(io.BytesIO(zf.read(records[sample_inputs])), weights_only=True, map_location="cpu")
+                except Exception as exc:
+                    raise _refuse(
+                        where, f"its sample inputs are not plain tensors (weights_only=True refused them: {exc})"
+                    ) from exc
     except (zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
         raise ArchiveError(f"{where}: not a readable .pt2 archive: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """Force every ``torch.load`` inside to ``weights_only=True`` (torch's own switch,
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``): a second guard behind :func:`check_pt2_payloads`."""
+    saved = {
+        name: os.environ.get(name) for name in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    }
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def load_pt2_file(path: str, *, source: str | None = None) -> tuple[torch.export.ExportedProgram, dict[str, bytes]]:
@@ -349,7 +449,8 @@ def load_pt2_file(path: str, *, source: str | None = None) -> tuple[torch.export
         # then fails with a message about that layout: the PT2 loader is called directly.
         from torch.export.pt2_archive._package import load_pt2
 
-        contents = load_pt2(path)
+        with _weights_only_loads():
+            contents = load_pt2(path)
         program = contents.exported_programs["model"]
     except KeyError as exc:
         raise ArchiveError(f"torch.export.load of {where} failed: the archive holds no program 'model'") from exc

@@ -184,6 +184,12 @@ def check_compatibility(
     ``export_schema`` (this process's when not given: :func:`local_pt2_reader`).
     """
     if manifest.artifact.format == "pt2":
+        if manifest.artifact.format_version > max_format_version:
+            return Compatibility(
+                False,
+                f"made by torch {manifest.producer.torch} with zip format version {manifest.artifact.format_version}; "
+                f"this torch ({local_torch}) reads up to {max_format_version}: upgrade torch to load it",
+            )
         if pt2_archive_version is None or export_schema is None:
             local_archive, local_schema = local_pt2_reader()
             pt2_archive_version = local_archive if pt2_archive_version is None else pt2_archive_version
@@ -234,7 +240,8 @@ def _pt2_compatibility(
         return Compatibility(
             False,
             f"made by torch {made_by} with export schema {theirs}; this torch ({local_torch}) reads schema "
-            f"{local_schema[0]}.x only: {'upgrade' if schema.major > local_schema[0] else 're-export with'} torch",
+            f"{local_schema[0]}.x only: "
+            + ("upgrade torch to load it" if schema.major > local_schema[0] else "re-export it with this torch"),
         )
     if schema.minor > local_schema[1] or _newer(made_by, local_torch):
         return Compatibility(

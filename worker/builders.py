@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from botocore.exceptions import ClientError
+from celery.exceptions import SoftTimeLimitExceeded
 
 from serializer.retry import error_code
 from serializer.s3uri import parse_s3_uri
@@ -120,6 +121,8 @@ def build_module(spec: ExportSpec, allowed: Sequence[str], device: torch.device)
         raise BuildFailed(f"cannot import builder {spec.builder!r}: {exc}") from exc
     try:
         module = factory(**spec.kwargs)
+    except SoftTimeLimitExceeded:
+        raise  # the job's time is up: not the module's fault
     except Exception as exc:
         raise BuildFailed(f"builder {spec.builder!r} failed with kwargs {spec.kwargs}: {exc!r}") from exc
     if not isinstance(module, torch.nn.Module):
@@ -196,6 +199,8 @@ def to_torchscript(module: torch.nn.Module, method: str, inputs: tuple[torch.Ten
                 assert isinstance(traced, torch.jit.ScriptModule)
                 return traced
             return torch.jit.script(module)
+    except SoftTimeLimitExceeded:
+        raise  # the job's time is up: not the module's fault
     except Exception as exc:
         raise ScriptingFailed(f"torch.jit.{method} failed: {exc}") from exc
 
@@ -230,6 +235,8 @@ def to_exported_program(
     """
     try:
         return torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes_for(dynamic_shapes))
+    except SoftTimeLimitExceeded:
+        raise  # the job's time is up: not the module's fault
     except Exception as exc:
         message = str(exc).strip().splitlines()
         summary = " ".join(message[:6]) if message else type(exc).__name__

@@ -339,7 +339,9 @@ def run_export(
         verification = None
         if spec.should_verify:
             report(Stage.VERIFYING, {"bytes": info.size})
-            verification = verify_archive(client, info, inputs, reference, atol=spec.atol, rtol=spec.rtol)
+            verification = verify_archive(
+                client, info, inputs, reference, atol=spec.atol, rtol=spec.rtol, spool_dir=settings.spool_dir
+            )
             if not verification.passed and settings.verify_mismatch == "fail":
                 raise VerificationFailed(
                     f"reloaded archive differs from the eager module: max abs diff {verification.max_abs_diff:g}, "
@@ -381,20 +383,30 @@ def run_export(
 
 
 def verify_archive(
-    client: Any, info: ArchiveInfo, inputs: tuple[torch.Tensor, ...], reference: Any, *, atol: float, rtol: float
+    client: Any,
+    info: ArchiveInfo,
+    inputs: tuple[torch.Tensor, ...],
+    reference: Any,
+    *,
+    atol: float,
+    rtol: float,
+    spool_dir: str | None = None,
 ) -> Verification:
     """Reload the stored archive (checking its sha256 as it downloads) and compare its
     outputs with the eager module's.  A TorchScript archive is loaded on the CPU; a ``.pt2``
-    with ``torch.export.load``, its weights on the device they were exported from."""
+    with ``torch.export.load``, its weights on the device they were exported from.  The
+    download goes to a temporary file in ``spool_dir``."""
     if info.format == "pt2":
         from serializer.pt2 import load_pt2_artifact, program_device
 
-        program, _ = load_pt2_artifact(client, info.uri, sha256=info.sha256, size=info.size)
+        program, _ = load_pt2_artifact(client, info.uri, sha256=info.sha256, size=info.size, spool_dir=spool_dir)
         device = program_device(program)
         with torch.no_grad():
             actual = program.module()(*(t.detach().to(device) for t in inputs))
     else:
-        loaded, _ = load_artifact(client, info.uri, map_location="cpu", sha256=info.sha256, size=info.size)
+        loaded, _ = load_artifact(
+            client, info.uri, map_location="cpu", sha256=info.sha256, size=info.size, spool_dir=spool_dir
+        )
         with torch.no_grad():
             actual = loaded(*(t.detach().cpu() for t in inputs))
     passed, max_abs, max_rel = compare_outputs(_to_cpu(reference), actual, atol=atol, rtol=rtol)

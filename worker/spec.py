@@ -144,7 +144,8 @@ class DimSpec(_Strict):
 
     name: str
     min: int | None = Field(default=None, ge=0, le=2**62)
-    max: int | None = Field(default=None, ge=1, le=2**62)
+    # torch.export treats sizes 0 and 1 as static: a dynamic dimension spans at least 2.
+    max: int | None = Field(default=None, ge=2, le=2**62)
 
     @field_validator("name")
     @classmethod
@@ -281,16 +282,22 @@ class ExportSpec(_Strict):
             )
         named: dict[str, DimSpec] = {}
         for i, (dims, tensor) in enumerate(zip(self.dynamic_shapes, self.example_inputs, strict=True)):
+            shape = tensor.shape if tensor.shape is not None else _value_shape(tensor.value)
             for key, dim in (dims or {}).items():
-                rank = len(tensor.shape) if tensor.shape is not None else None
-                # A given value's rank is its nesting depth, bounded by the JSON depth limit.
-                if not (key.isascii() and key.isdigit()) or int(key) >= (rank if rank is not None else MAX_JSON_DEPTH):
-                    where = f" (input {i} has {rank} dimensions)" if rank is not None else ""
-                    raise ValueError(f"dynamic_shapes.{i}: {key!r} is not a dimension index{where}")
+                if not (key.isascii() and key.isdigit() and key == str(int(key))) or int(key) >= len(shape):
+                    raise ValueError(
+                        f"dynamic_shapes.{i}: {key!r} is not a dimension index (input {i} has {len(shape)} dimensions)"
+                    )
                 if isinstance(dim, DimSpec):
                     seen = named.setdefault(dim.name, dim)
                     if (seen.min, seen.max) != (dim.min, dim.max):
                         raise ValueError(f"dynamic_shapes.{i}.{key}: dimension {dim.name!r} is given other bounds")
+                    size = shape[int(key)]
+                    if not (dim.min or 0) <= size <= (dim.max if dim.max is not None else size):
+                        raise ValueError(
+                            f"dynamic_shapes.{i}.{key}: the example's size {size} is outside {dim.name!r}'s "
+                            f"[{dim.min}, {dim.max}]"
+                        )
 
     @property
     def should_verify(self) -> bool:
@@ -306,6 +313,8 @@ class ExportSpec(_Strict):
         """The spec as plain JSON data (what is hashed, stored and sent).  Fields added
         later are left out while at their default, so earlier specs keep their hashes."""
         data = self.model_dump(mode="json")
+        if data.get("dynamic_shapes") is not None and not any(data["dynamic_shapes"]):
+            data["dynamic_shapes"] = None  # no dynamic dimension at all: the same export as none
         for key, default in _OMITTED_AT_DEFAULT.items():
             if data.get(key, default) == default:
                 data.pop(key, None)
@@ -332,6 +341,15 @@ class ExportSpec(_Strict):
     def spec_hash(self) -> str:
         """sha256 of the canonical JSON of the spec: equal specs, equal hashes."""
         return spec_digest(self.to_json_dict())
+
+
+def _value_shape(value: Any) -> list[int]:
+    """The shape of a nested list as torch.tensor reads it (from its first elements)."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape
 
 
 def _dump(source: ExtraSource) -> Any:

@@ -573,7 +573,9 @@ def test_another_archive_version_is_refused_naming_it() -> None:
     assert "reads archive version 0 only" in got.reason
 
 
-@pytest.mark.parametrize(("major", "advice"), [(SCHEMA[0] + 1, "upgrade torch"), (SCHEMA[0] - 1, "re-export with")])
+@pytest.mark.parametrize(
+    ("major", "advice"), [(SCHEMA[0] + 1, "upgrade torch"), (SCHEMA[0] - 1, "re-export it with this torch")]
+)
 def test_another_schema_major_is_refused(major: int, advice: str) -> None:
     got = compat(pt2_manifest(schema=(major, 0)))
     assert not got.ok
@@ -943,10 +945,14 @@ def test_open_artifact_gives_an_exported_program(s3: Any, published: Any) -> Non
         assert torch.allclose(program.module()(x), eager(x))
 
 
-def test_open_artifact_refuses_a_map_location_for_pt2(s3: Any, published: Any) -> None:
+def test_open_artifact_refuses_a_map_location_other_than_the_export_device_for_pt2(s3: Any, published: Any) -> None:
     _, result = published
-    with pytest.raises(ValueError, match="map_location"):
-        open_artifact(s3, result["artifact_uri"], map_location="cpu")
+    with pytest.raises(ValueError, match=r"map_location 'cuda'.*cannot move it"):
+        open_artifact(s3, result["artifact_uri"], map_location="cuda")
+    # The device it was exported on (the README's consumer example passes it) is fine.
+    program, manifest, _ = open_artifact(s3, result["artifact_uri"], map_location="cpu")
+    assert manifest.producer.device == "cpu"
+    assert isinstance(program, torch.export.ExportedProgram)
 
 
 def test_read_extra_file_with_and_without_the_manifest(s3: Any, published: Any) -> None:

@@ -175,7 +175,9 @@ def failing_verification(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, byt
     it was asked to check, and what the artifact's key held at that moment."""
     seen: list[tuple[str, bytes | None]] = []
 
-    def verify(client: Any, info: Any, inputs: Any, reference: Any, *, atol: float, rtol: float) -> Verification:
+    def verify(
+        client: Any, info: Any, inputs: Any, reference: Any, *, atol: float, rtol: float, spool_dir: str | None = None
+    ) -> Verification:
         artifact = info.uri.split(STAGING)[0]
         seen.append((info.uri, read(client, artifact) if STAGING in info.uri else None))
         return Verification(passed=False, max_abs_diff=1.0, max_rel_diff=1.0, atol=atol, rtol=rtol)
