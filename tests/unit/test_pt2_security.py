@@ -7,8 +7,11 @@ its payload is a pickle that would create a marker file when unpickled.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import pickle
+import struct
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -239,3 +242,154 @@ def test_a_program_with_tensor_subclass_weights_is_refused_before_anything_is_wr
     with pytest.raises(ArchiveError, match=r"pickles \(weight"):
         export_pt2(program, f"s3://{bucket}/m/model.pt2", client=s3)
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def _program_json(change: Callable[[dict[str, Any]], None]) -> Callable[[Entries], Entries]:
+    def rewrite(entries: Entries) -> Entries:
+        out = []
+        for name, data in entries:
+            if name.endswith("models/model.json"):
+                program = json.loads(data)
+                change(program)
+                out.append((name, json.dumps(program).encode()))
+            else:
+                out.append((name, data))
+        return out
+
+    return rewrite
+
+
+def _evil_size(marker: Path) -> Callable[[dict[str, Any]], None]:
+    code = f"__import__('pathlib').Path({str(marker)!r}).write_text('ran') and 2"
+
+    def change(program: dict[str, Any]) -> None:
+        # sympy.sympify evaluates a symbolic size's expression with Python's eval.
+        values = program["graph_module"]["graph"]["tensor_values"]
+        first = next(iter(values.values()))
+        first["sizes"][0] = {"as_expr": {"expr_str": code, "hint": {"as_int": 2}}}
+
+    return change
+
+
+def _evil_guard(marker: Path) -> Callable[[dict[str, Any]], None]:
+    def change(program: dict[str, Any]) -> None:
+        # ExportedProgram.module() execs each guard as a function's body.
+        program["guards_code"] = [f"__import__('pathlib').Path({str(marker)!r}).write_text('ran') > 0"]
+
+    return change
+
+
+@pytest.mark.parametrize("evil", [_evil_size, _evil_guard], ids=["symbolic size", "guard"])
+def test_code_in_the_program_json_is_refused_and_never_runs(
+    evil: Callable[[Path], Callable[[dict[str, Any]], None]], good: Path, marker: Path, tmp_path: Path
+) -> None:
+    path = _rewrite(good, tmp_path / "hostile.pt2", _program_json(evil(marker)))
+    with pytest.raises(ArchiveError, match="program JSON holds code"):
+        load_pt2_file(str(path))
+    assert not marker.exists()
+
+
+def test_torch_runs_code_from_a_symbolic_size_without_the_check(good: Path, marker: Path, tmp_path: Path) -> None:
+    from torch.export.pt2_archive._package import load_pt2
+
+    path = _rewrite(good, tmp_path / "hostile.pt2", _program_json(_evil_size(marker)))
+    with contextlib.suppress(Exception):
+        load_pt2(str(path))
+    assert marker.read_text() == "ran"
+
+
+class _Dynamic(torch.nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, y]).reshape(-1, 2) * 2
+
+
+class _Tied(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.out = torch.nn.Linear(4, 10, bias=False)
+        self.out.weight = self.embed.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.out(self.embed(x))
+        return out
+
+
+def _plain_programs() -> list[tuple[str, Callable[[], tuple[torch.nn.Module, tuple[Any, ...], Any]]]]:
+    from torch.export import Dim
+
+    return [
+        ("conv-bn", lambda: (torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval(),
+                             (torch.randn(2, 3, 8, 8),), None)),
+        ("lstm", lambda: (torch.nn.LSTM(4, 8, batch_first=True), (torch.randn(2, 5, 4),), None)),
+        ("tied weights", lambda: (_Tied(), (torch.tensor([[1, 2, 3]]),), None)),
+        ("dynamic shapes", lambda: (_Dynamic(), (torch.randn(4, 2), torch.randn(6, 2)),
+                                    ({0: Dim("b", min=2, max=64)}, {0: Dim("c", min=2, max=64)}))),
+        ("transformer layer", lambda: (torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True).eval(),
+                                       (torch.randn(2, 5, 8),), None)),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "make"), _plain_programs(), ids=[k for k, _ in _plain_programs()])
+def test_plain_programs_of_common_models_pass_the_check(
+    kind: str, make: Callable[[], tuple[torch.nn.Module, tuple[Any, ...], Any]], tmp_path: Path
+) -> None:
+    module, inputs, dynamic = make()
+    path = tmp_path / "archive.pt2"
+    with warnings.catch_warnings():
+        # torch's own note on LSTM's flat weights, not about the archive.
+        warnings.filterwarnings("ignore", message="The tensor attributes", category=UserWarning)
+        torch.export.save(torch.export.export(module, inputs, dynamic_shapes=dynamic), str(path))
+    program, _ = load_pt2_file(str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(*inputs), module(*inputs))
+
+
+def _zip_parts(entries: Entries) -> tuple[bytes, bytes, int]:
+    """A zip of ``entries`` as (local records, central directory, record count)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as out:
+        for name, data in entries:
+            out.writestr(name, data)
+    raw = buffer.getvalue()
+    end = raw.rfind(b"PK\x05\x06")
+    count, size, offset = struct.unpack("<HIL", raw[end + 10 : end + 20])
+    return raw[:offset], raw[offset : offset + size], count
+
+
+def _split_view(good: Path, out: Path, evil: bytes) -> Path:
+    """One file, two central directories: Python's ``zipfile`` takes the gap before the one
+    next to the end record for prepended data and reads a clean archive; torch's reader
+    follows the end record's offset to a hostile one (an opaque object it unpickles)."""
+    with zipfile.ZipFile(good) as src:
+        entries = [(info.filename, src.read(info)) for info in src.infolist()]
+    opaque = "archive/data/constants/opaque_obj_0"
+    filler = "archive/extra/" + "p" * (len(opaque) - len("archive/extra/"))  # same length: same directory size
+    meta = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": False, "tensor_meta": _TENSOR_META}
+    hostile = [
+        (name, json.dumps({"config": {"obj": meta}}).encode() if name.endswith("model_constants_config.json") else data)
+        for name, data in entries
+    ]
+    clean_records, clean_directory, count = _zip_parts([*entries, (filler, b"x" * 8192)])
+    hostile_records, hostile_directory, hostile_count = _zip_parts([*hostile, (opaque, evil)])
+    assert (len(hostile_directory), hostile_count) == (len(clean_directory), count)
+    at = len(clean_records)  # where the end record says the directory is
+    body = hostile_records.ljust(at, b"\0") + hostile_directory + clean_records + clean_directory
+    end = b"PK\x05\x06" + struct.pack("<HHHHLLH", 0, 0, count, count, len(clean_directory), at, 0)
+    out.write_bytes(body + end)
+    return out
+
+
+def test_a_zip_showing_python_and_torch_different_records_is_refused(good: Path, marker: Path, tmp_path: Path) -> None:
+    from torch.export.pt2_archive._package import load_pt2
+
+    path = _split_view(good, tmp_path / "hostile.pt2", pickle.dumps(_Marker(marker), protocol=2))
+    with zipfile.ZipFile(path) as view:
+        assert not any("opaque" in name for name in view.namelist()), "Python's zipfile sees the clean archive"
+    with pytest.raises(ArchiveError, match="torch's reader and Python's see different records"):
+        load_pt2_file(str(path))
+    assert not marker.exists()
+    # The threat is real: torch's own loader reads the other directory and runs the payload.
+    with contextlib.suppress(Exception):
+        load_pt2(str(path))
+    assert marker.read_text() == "ran"

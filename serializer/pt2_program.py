@@ -1,0 +1,195 @@
+"""Checking the strings in a ``.pt2``'s program JSON that torch 2.13 evaluates as code.
+
+``torch.export.load`` parses symbolic shapes with ``sympy.sympify`` (which runs the string
+through Python's ``eval``), and ``ExportedProgram.module()`` turns each ``guards_code``
+string into the body of a Python function it runs on every call.  A crafted
+``models/model.json`` can therefore run any code.  Before torch sees a program, every such
+string must parse (with :mod:`ast`, nothing evaluated) to the small language torch itself
+writes there:
+
+- a symbolic expression is sympy's ``srepr`` form: calls of sympy and torch shape
+  functions (``Add(Symbol('s0', positive=True, integer=True), Integer(2))``) over numbers,
+  with a string only as a symbol's name or a float's digits;
+- a guard is a comparison over ``L['input'].size()[0]``-like terms, numbers and boolean
+  operators.
+
+Anything else is refused by name.  Imports nothing from torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import ArchiveError
+
+#: Callables a symbolic expression may use: sympy's ``srepr`` names for numbers, symbols,
+#: arithmetic, relations and logic, and torch's shape functions
+#: (``torch.utils._sympy.functions``, as the deserializer names them).
+SYMPY_CALLS = frozenset(
+    {
+        "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Mod", "Max", "Min", "Abs",
+        "floor", "ceiling", "Eq", "Ne", "Unequality", "StrictLessThan", "LessThan", "StrictGreaterThan",
+        "GreaterThan", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "Piecewise", "ExprCondPair", "Tuple",
+        "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv",
+        "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
+        "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
+        "ToFloat", "Identity",
+    }
+)  # fmt: skip
+#: Bare names an expression may use (sympy's constants).
+SYMPY_NAMES = frozenset({"oo", "zoo", "nan", "true", "false"})
+#: Keyword arguments (symbol assumptions, a float's precision) and where strings may stand.
+SYMPY_KEYWORDS = frozenset(
+    {"positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite", "zero", "nonzero",
+     "commutative", "odd", "even", "precision", "evaluate"}
+)  # fmt: skip
+_SYMBOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+#: Methods a guard may call on an input (no arguments but integers).
+GUARD_METHODS = frozenset({"size", "stride", "storage_offset", "dim", "numel"})
+#: Longest string checked; longer ones are refused (torch writes short ones).
+MAX_EXPRESSION = 64 * 1024
+
+
+class _Refused(Exception):
+    pass
+
+
+def _number(node: ast.AST) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        node = node.operand
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float)
+
+
+def _sympy_node(node: ast.AST) -> None:
+    if _number(node) or (isinstance(node, ast.Constant) and type(node.value) is bool):
+        return
+    if isinstance(node, ast.Name):
+        if node.id not in SYMPY_NAMES:
+            raise _Refused(f"name {node.id!r}")
+        return
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+        raise _Refused(f"a {type(node).__name__}")
+    name = node.func.id
+    if name not in SYMPY_CALLS:
+        raise _Refused(f"a call of {name!r}")
+    for keyword in node.keywords:
+        value = keyword.value
+        if keyword.arg not in SYMPY_KEYWORDS or not (
+            _number(value) or (isinstance(value, ast.Constant) and type(value.value) is bool)
+        ):
+            raise _Refused(f"keyword {keyword.arg!r}")
+    for position, arg in enumerate(node.args):
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            # sympy would parse (eval) any other string: only a symbol's name or a float's digits.
+            text = arg.value
+            if not (
+                position == 0
+                and (
+                    (name == "Symbol" and _SYMBOL_NAME.fullmatch(text))
+                    or (name == "Float" and _FLOAT_TEXT.fullmatch(text))
+                )
+            ):
+                raise _Refused(f"the string {text[:40]!r} in {name}")
+            continue
+        _sympy_node(arg)
+
+
+def _guard_node(node: ast.AST) -> None:
+    if _number(node) or (isinstance(node, ast.Constant) and type(node.value) is bool):
+        return
+    if isinstance(node, ast.BoolOp):
+        for value in node.values:
+            _guard_node(value)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not | ast.USub | ast.UAdd):
+        _guard_node(node.operand)
+    elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.FloorDiv | ast.Mod):
+        _guard_node(node.left)
+        _guard_node(node.right)
+    elif isinstance(node, ast.Compare) and all(
+        isinstance(op, ast.Eq | ast.NotEq | ast.Lt | ast.LtE | ast.Gt | ast.GtE) for op in node.ops
+    ):
+        for part in (node.left, *node.comparators):
+            _guard_node(part)
+    elif isinstance(node, ast.Name) and node.id == "L":
+        return
+    elif isinstance(node, ast.Subscript):
+        key = node.slice
+        if not (isinstance(key, ast.Constant) and type(key.value) in (int, str)):
+            raise _Refused("a subscript that is not a constant")
+        _guard_node(node.value)
+    elif (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in GUARD_METHODS
+        and not node.keywords
+        and all(_number(arg) for arg in node.args)
+    ):
+        _guard_node(node.func.value)
+    else:
+        raise _Refused(f"a {type(node).__name__}")
+
+
+def _parse(text: object, what: str) -> ast.AST:
+    if not isinstance(text, str) or len(text) > MAX_EXPRESSION:
+        raise _Refused(f"{what} is not a string of at most {MAX_EXPRESSION} characters")
+    try:
+        return ast.parse(text, mode="eval").body
+    except SyntaxError as exc:
+        raise _Refused(f"{what} does not parse ({exc.msg})") from None
+
+
+def check_sym_expr(text: object) -> None:
+    """Check one ``expr_str`` of a program.
+
+    Raises:
+        ArchiveError: it is not sympy's plain ``srepr`` of a shape expression.
+    """
+    try:
+        _sympy_node(_parse(text, "a symbolic expression"))
+    except _Refused as exc:
+        raise ArchiveError(f"symbolic expression {str(text)[:80]!r}: {exc} is not allowed there") from None
+
+
+def check_guard(text: object) -> None:
+    """Check one ``guards_code`` entry of a program.
+
+    Raises:
+        ArchiveError: it is not a comparison over input sizes.
+    """
+    try:
+        _guard_node(_parse(text, "a guard"))
+    except _Refused as exc:
+        raise ArchiveError(f"guard {str(text)[:80]!r}: {exc} is not allowed there") from None
+
+
+def _walk(value: Any) -> Iterator[tuple[str, Any]]:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                yield key, child
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def check_program_json(program: Any) -> None:
+    """Check every string torch would evaluate in a deserialized program's JSON: each
+    ``expr_str`` (symbolic shapes) and each ``guards_code`` entry.
+
+    Raises:
+        ArchiveError: naming the first string that is refused.
+    """
+    for key, value in _walk(program):
+        if key == "expr_str":
+            check_sym_expr(value)
+        elif key == "guards_code":
+            if not isinstance(value, list):
+                raise ArchiveError("guards_code is not a list")
+            for guard in value:
+                check_guard(guard)
