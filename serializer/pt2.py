@@ -55,7 +55,6 @@ from .archive import ArchiveInfo, Pt2Info, check_extras, describe_archive, read_
 from .errors import ArchiveError, InvalidExtraFile
 from .extras import normalize_extra_files
 from .multipart import MultipartWriter
-from .reader import read_checked
 from .s3uri import parse_s3_uri
 from .torchscript import CONTENT_TYPE, UploadOptions, upload_file
 from .zipindex import CentralDirectoryTooLarge, ZipIndex, ZipStreamIndexer
@@ -493,12 +492,13 @@ def load_pt2_file(path: str, *, source: str | None = None) -> tuple[torch.export
         raise ArchiveError(f"torch.export.load of {where} failed: the archive holds no program 'model'") from exc
     except (RuntimeError, ValueError, AssertionError, zipfile.BadZipFile, OSError) as exc:
         raise ArchiveError(f"torch.export.load of {where} failed: {exc}") from exc
-    extras: dict[str, bytes] = {}
-    with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            _, _, rest = info.filename.partition("/")
-            if rest.startswith("extra/") and not info.is_dir():
-                extras[rest[len("extra/") :]] = zf.read(info)
+    # Read as torch reads the archive (check_pt2_payloads made sure both readers agree).
+    reader = torch._C.PyTorchFileReader(path)
+    extras = {
+        name[len("extra/") :]: bytes(reader.get_record(name))
+        for name in reader.get_all_records()
+        if name.startswith("extra/") and len(name) > len("extra/")
+    }
     return program, extras
 
 
@@ -511,14 +511,11 @@ def load_pt2_artifact(
     Raises:
         ArchiveError: digest mismatch, or torch could not load it.
     """
-    target = parse_s3_uri(uri)
-    stored = int(client.head_object(Bucket=target.bucket, Key=target.key)["ContentLength"])
-    if size is not None and stored != size:
-        raise ArchiveError(f"{uri}: {stored} bytes stored, {size} expected")
+    from .loading import download_checked
+
     with tempfile.TemporaryDirectory(prefix="export-worker-load-", dir=spool_dir) as tmp:
         path = os.path.join(tmp, ARCHIVE_FILE)
-        with open(path, "wb") as out:
-            read_checked(client, uri, size=stored, sha256=sha256, sink=out.write)
+        download_checked(client, uri, path, sha256=sha256, size=size)
         return load_pt2_file(path, source=uri)
 
 
