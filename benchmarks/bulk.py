@@ -52,7 +52,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import uuid
@@ -66,6 +65,8 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from rss_sampler import RssSampler  # noqa: E402 - this script's folder
 
 BUILDER = "worker.examples:tiny_classifier"
 INPUTS = [{"shape": [2, 8], "dtype": "float32"}]
@@ -189,34 +190,6 @@ def render_table(headers: list[str], rows: list[list[str]], right: set[int]) -> 
         return "  ".join(padded).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
-class RssSampler(threading.Thread):
-    """Samples one process's RSS from outside until stopped; keeps the peak."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(name="rss-sampler", daemon=True)
-        self._proc = psutil.Process(pid)
-        self._stop_event = threading.Event()
-        self.peak = 0
-
-    def sample(self) -> int:
-        with contextlib.suppress(psutil.Error):
-            rss = int(self._proc.memory_info().rss)
-            self.peak = max(self.peak, rss)
-            return rss
-        return 0
-
-    def run(self) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        while not self._stop_event.wait(SAMPLE_INTERVAL):
-            self.sample()
-
-    def stop(self) -> int:
-        self.sample()
-        self._stop_event.set()
-        self.join()
-        return self.peak
 
 
 class BenchFailure(RuntimeError):
@@ -494,7 +467,7 @@ def measure_in_child(config: dict[str, Any], log_path: Path) -> dict[str, Any]:
     try:
         _send(proc.stdin, config)
         _receive(proc, deadline, log_path)  # ready: imported, warmed up
-        sampler = RssSampler(proc.pid)
+        sampler = RssSampler(proc.pid, interval=SAMPLE_INTERVAL)
         baseline = sampler.sample()
         sampler.peak = baseline
         sampler.start()

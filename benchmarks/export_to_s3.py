@@ -63,7 +63,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import uuid
@@ -78,6 +77,7 @@ import psutil
 from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from rss_sampler import RssSampler  # this script's folder
 
 from serializer.client import make_s3_client
 from serializer.errors import UploadFailed
@@ -371,48 +371,6 @@ class Measurement:
         return self.error is None and not self.problems
 
 
-class RssSampler(threading.Thread):
-    """Samples the summed RSS of a process and its descendants until stopped; keeps the peak."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(name="rss-sampler", daemon=True)
-        self._root = psutil.Process(pid)
-        self._root_cmdline = self._root.cmdline()
-        self._procs: list[psutil.Process] = [self._root]
-        self._stop_event = threading.Event()
-        self.peak = 0
-        self.samples = 0
-
-    def sample(self) -> int:
-        if self.samples % RESCAN_EVERY == 0:
-            with contextlib.suppress(psutil.Error):
-                self._procs = [self._root, *self._root.children(recursive=True)]
-        self.samples += 1
-        total = 0
-        for proc in self._procs:
-            with contextlib.suppress(psutil.Error):
-                # A child forked but not yet exec'd shares the parent's pages (vfork: its whole
-                # memory); its RSS would count them twice.
-                if proc is not self._root and proc.cmdline() == self._root_cmdline:
-                    continue
-                total += proc.memory_info().rss
-        self.peak = max(self.peak, total)
-        return total
-
-    def run(self) -> None:
-        # Ctrl-C and SIGTERM must reach the main thread, to interrupt its wait for the child.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        while not self._stop_event.wait(SAMPLE_INTERVAL):
-            self.sample()
-
-    def stop(self) -> int:
-        """Stop sampling (one last sample first) and return the peak."""
-        self.sample()
-        self._stop_event.set()
-        self.join()
-        return self.peak
-
-
 def _send(stream: IO[str], message: dict[str, Any]) -> None:
     stream.write(json.dumps(message) + "\n")
     stream.flush()
@@ -453,7 +411,7 @@ def run_child(config: dict[str, Any], m: Measurement, timeout: float) -> tuple[d
     try:
         _send(proc.stdin, config)
         _receive(proc, deadline)  # ready: the model is built and scripted or exported
-        sampler = RssSampler(proc.pid)
+        sampler = RssSampler(proc.pid, interval=SAMPLE_INTERVAL, descendants=True, rescan_every=RESCAN_EVERY)
         baseline = sampler.sample()
         sampler.peak = baseline
         sampler.start()
