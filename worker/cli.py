@@ -51,7 +51,9 @@ class CommandError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``exportctl``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="exportctl", description="Export PyTorch models to TorchScript in S3.")
+    parser = argparse.ArgumentParser(
+        prog="exportctl", description="Export PyTorch models to TorchScript (or .pt2, torch.export) archives in S3."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", required=True)
 
