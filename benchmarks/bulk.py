@@ -387,7 +387,7 @@ def throughput_table(result: dict[str, Any]) -> str:
 # -- memory: the synthetic listing ---------------------------------------------------------------
 def _template_manifest(client: Any, bucket: str) -> dict[str, Any]:
     """The manifest of one real export (in this process), as JSON data."""
-    from serializer.manifest import read_manifest
+    from serializer.manifest.store import read_manifest
     from worker.job import run_export
     from worker.settings import Settings
     from worker.spec import parse_spec
@@ -401,7 +401,7 @@ def _put_listing(client: Any, bucket: str, n: int, template: dict[str, Any]) -> 
     """Put ``n`` manifests of distinct specs under ``s3://bucket/models``; returns how many are stale."""
     import torch
 
-    from serializer.manifest import Manifest, canonical_json
+    from serializer.manifest.model import Manifest, canonical_json
     from worker.job import export_keys
     from worker.spec import parse_spec
 
@@ -501,7 +501,7 @@ def child_main() -> int:
 
         import redis
 
-        from serializer.client import make_s3_client
+        from serializer.s3.client import make_s3_client
         from worker import bulk
         from worker.selection import Planner
         from worker.settings import Settings
@@ -753,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir: Path | None = None
     with contextlib.ExitStack() as stack:
         try:
-            from serializer.client import make_s3_client
+            from serializer.s3.client import make_s3_client
             from worker.local_services import moto_server, redis_server
 
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bulk-bench-")))

@@ -79,10 +79,10 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from rss_sampler import RssSampler  # this script's folder
 
-from serializer.client import make_s3_client
 from serializer.errors import UploadFailed
-from serializer.multipart import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE, MultipartWriter
-from serializer.parts import parse_size
+from serializer.s3.client import make_s3_client
+from serializer.s3.multipart import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE, MultipartWriter
+from serializer.s3.parts import parse_size
 from worker.local_services import free_port, weed_binary, weed_grpc_sockets, weed_mini_command, weed_ports
 
 TS_VARIANTS = ("buffer", "file", "spool", "fifo")
@@ -529,7 +529,7 @@ def build_model(size: int, max_tensor: int = MAX_TENSOR_BYTES, *, pt2: bool = Fa
     program shares the module's parameters)."""
     import torch
 
-    from serializer.torchscript import quiet_torchscript_deprecation
+    from serializer.torchscript.save import quiet_torchscript_deprecation
 
     module = torch.nn.Identity()
     generator = torch.Generator().manual_seed(0)
@@ -560,7 +560,9 @@ def run_variant(model: Any, cfg: dict[str, Any], plain: Any, ours: Any) -> Outco
         return run_pt2_variant(model, cfg, plain, ours)
     import torch
 
-    from serializer.torchscript import UploadOptions, export_torchscript, quiet_torchscript_deprecation
+    from serializer.s3.options import UploadOptions
+    from serializer.torchscript.export import export_torchscript
+    from serializer.torchscript.save import quiet_torchscript_deprecation
 
     variant, bucket, key = cfg["variant"], cfg["bucket"], cfg["key"]
     if variant == "buffer":
@@ -596,8 +598,8 @@ def run_pt2_variant(program: Any, cfg: dict[str, Any], plain: Any, ours: Any) ->
     """The ``pt2-*`` variants: ``program`` is an ExportedProgram."""
     import torch
 
-    from serializer.pt2 import export_pt2
-    from serializer.torchscript import UploadOptions
+    from serializer.pt2.export import export_pt2
+    from serializer.s3.options import UploadOptions
 
     variant, bucket, key = cfg["variant"], cfg["bucket"], cfg["key"]
     if variant == "pt2-buffer":

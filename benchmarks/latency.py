@@ -59,7 +59,7 @@ def main() -> int:
             EXPORT_SPOOL_DIR=tmp,
         )
         os.environ.update(env)
-        from serializer.client import make_s3_client
+        from serializer.s3.client import make_s3_client
         from worker.celery import app
         from worker.job import run_export
         from worker.settings import Settings

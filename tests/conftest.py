@@ -32,7 +32,7 @@ def moto_endpoint() -> Iterator[str]:
 @pytest.fixture()
 def s3(moto_endpoint: str) -> Any:
     """A client of the moto server, pool sized for the writers in the tests."""
-    from serializer.client import make_s3_client
+    from serializer.s3.client import make_s3_client
 
     return make_s3_client(endpoint_url=moto_endpoint, max_pool_connections=8)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from serializer.torchscript import quiet_torchscript_deprecation
+from serializer.torchscript.save import quiet_torchscript_deprecation
 
 #: Every byte value once, in order: extra-file contents that text handling would damage.
 ALL_BYTES = bytes(range(256))

@@ -15,9 +15,10 @@ import torch
 from botocore.exceptions import ClientError
 from celery.exceptions import SoftTimeLimitExceeded
 
-from serializer.retry import error_code
-from serializer.s3uri import parse_s3_uri
-from serializer.torchscript import quiet_torchscript_deprecation
+from serializer.s3.client import S3Client
+from serializer.s3.retry import error_code
+from serializer.s3.uri import parse_s3_uri
+from serializer.torchscript.save import quiet_torchscript_deprecation
 
 from .errors import BuilderNotAllowed, BuildFailed, DeviceUnavailable, ScriptingFailed, TorchExportFailed
 from .spec import INT_DTYPES, DimSpec, ExportSpec, InputDims, TensorSpec
@@ -130,7 +131,7 @@ def build_module(spec: ExportSpec, allowed: Sequence[str], device: torch.device)
     return module
 
 
-def load_weights(module: torch.nn.Module, client: Any, uri: str, spool_dir: str | None = None) -> None:
+def load_weights(module: torch.nn.Module, client: S3Client, uri: str, spool_dir: str | None = None) -> None:
     """Load a state_dict from S3 into ``module`` with ``torch.load(weights_only=True)``.
 
     The checkpoint goes to a temporary file (memory-mapped by torch, not read into memory),

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from serializer.manifest import canonical_json
-from serializer.s3uri import parse_s3_uri
+from serializer.manifest.model import canonical_json
+from serializer.s3.client import S3Client
+from serializer.s3.uri import parse_s3_uri
 
 from .errors import ExportError, SpecError
 from .selection import Decision, Planner, is_catalog, iter_candidates
@@ -406,7 +407,7 @@ class BulkRun:
                 yield json.loads(raw)
             start += batch
 
-    def finalize(self, client: Any, error: str | None = None) -> dict[str, Any]:
+    def finalize(self, client: S3Client, error: str | None = None) -> dict[str, Any]:
         """Write the report to S3 (and Redis), release the lock; returns the report."""
         keys = self.keys
         raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(keys.run).items()}
@@ -463,13 +464,13 @@ class BulkRun:
         return json.loads(raw) if raw is not None else None
 
 
-def write_report(client: Any, uri: str, body: bytes) -> None:
+def write_report(client: S3Client, uri: str, body: bytes) -> None:
     target = parse_s3_uri(uri)
     client.put_object(Bucket=target.bucket, Key=target.key, Body=body, ContentType="application/json")
 
 
 def plan_run(
-    run: BulkRun, client: Any, planner: Planner, send: Send, on_progress: Callable[[], None] | None = None
+    run: BulkRun, client: S3Client, planner: Planner, send: Send, on_progress: Callable[[], None] | None = None
 ) -> None:
     """Stream the selection into the run, dispatching as it goes."""
     for item_id, candidate in enumerate(iter_candidates(client, run.keys.source)):
@@ -541,7 +542,7 @@ def new_policy(value: str) -> Policy:
 
 
 def dry_run(
-    client: Any,
+    client: S3Client,
     source: str,
     policy: Policy,
     settings: Settings,
@@ -552,7 +553,7 @@ def dry_run(
 ) -> dict[str, Any]:
     """Decide every candidate without sending anything; the plan is streamed into the report
     object (when ``report_uri`` is given), the counts returned."""
-    from serializer.multipart import MultipartWriter
+    from serializer.s3.multipart import MultipartWriter
 
     from .selection import plan
 

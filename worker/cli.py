@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
 from serializer.errors import SerializerError
+from serializer.s3.client import S3Client
 
 from .errors import ExportError
 
@@ -201,8 +202,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from serializer.client import make_s3_client
-    from serializer.manifest import read_manifest
+    from serializer.manifest.store import read_manifest
+    from serializer.s3.client import make_s3_client
 
     manifest = read_manifest(make_s3_client(), args.uri)
     if args.json:
@@ -212,7 +213,7 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def list_manifests(client: Any, prefix_uri: str) -> Iterator[str]:
+def list_manifests(client: S3Client, prefix_uri: str) -> Iterator[str]:
     """URIs of every manifest under ``s3://bucket/prefix``, paging through the listing."""
     from .selection import list_manifests as listing
 
@@ -244,7 +245,7 @@ def _reexport(args: argparse.Namespace) -> int:
 
 
 def _reexport_dry_run(source: str, policy: Any, *, as_json: bool, to_format: Any = None) -> int:
-    from serializer.client import make_s3_client
+    from serializer.s3.client import make_s3_client
 
     from .selection import plan
     from .settings import Settings
@@ -319,8 +320,8 @@ def wait_for_bulk_run(result: Any, timeout: float) -> dict[str, Any]:
 def _ls(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from serializer.client import make_s3_client
-    from serializer.manifest import read_manifest
+    from serializer.manifest.store import read_manifest
+    from serializer.s3.client import make_s3_client
 
     client = make_s3_client()
     rows = []
@@ -360,8 +361,8 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from serializer.client import make_s3_client
-    from serializer.verify import verify_artifact
+    from serializer.consumer.verify import verify_artifact
+    from serializer.s3.client import make_s3_client
 
     columns = (TextColumn("downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
@@ -380,9 +381,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _extra(args: argparse.Namespace) -> int:
-    from serializer.client import make_s3_client
-    from serializer.manifest import read_manifest
-    from serializer.reader import read_extra_file
+    from serializer.consumer.extras import read_extra_file
+    from serializer.manifest.store import read_manifest
+    from serializer.s3.client import make_s3_client
 
     client = make_s3_client()
     manifest = None if args.no_manifest else read_manifest(client, args.uri)
@@ -431,8 +432,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace, proc: Any, log_path: str) -> int:
     import torch
 
-    from serializer.client import make_s3_client
-    from serializer.loading import open_artifact
+    from serializer.consumer.open import open_artifact
+    from serializer.s3.client import make_s3_client
 
     from .builders import example_inputs
     from .celery import app

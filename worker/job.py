@@ -15,13 +15,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from serializer.archive import ArchiveInfo
-from serializer.errors import InvalidExtraFile, ManifestError, ObjectExists
-from serializer.extras import (
+from serializer.archive.extras import (
     BUILD_JSON,
     BUILD_RECORD_DIR,
     EXAMPLE_INPUTS,
@@ -30,20 +28,24 @@ from serializer.extras import (
     REFERENCE_OUTPUTS_TEXT,
     decode_base64,
 )
-from serializer.loading import compare_outputs, load_artifact
-from serializer.manifest import (
-    ARTIFACT_SUFFIXES,
+from serializer.archive.info import ArchiveInfo
+from serializer.consumer.compare import compare_outputs
+from serializer.errors import InvalidExtraFile, ManifestError, ObjectExists
+from serializer.formats import ARTIFACT_SUFFIXES
+from serializer.manifest.model import (
     Manifest,
     Verification,
     build_manifest,
     canonical_json,
-    current_producer,
     manifest_uri_for,
-    read_manifest,
-    write_manifest,
 )
-from serializer.s3uri import parse_s3_uri
-from serializer.torchscript import UploadOptions, export_torchscript
+from serializer.manifest.store import read_manifest, write_manifest
+from serializer.producer import current_producer
+from serializer.s3.client import S3Client
+from serializer.s3.options import UploadOptions
+from serializer.s3.uri import parse_s3_uri
+from serializer.torchscript.export import export_torchscript
+from serializer.torchscript.load import load_artifact
 
 from .builders import (
     build_module,
@@ -57,6 +59,9 @@ from .builders import (
 from .errors import BuildFailed, ExportConflict, SpecError, VerificationFailed
 from .settings import Settings
 from .spec import ExportSpec, ExtraBase64, ExtraText, ExtraURI
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import CopySourceTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +110,7 @@ def export_keys(spec: ExportSpec, torch_version: str) -> Keys:
     return Keys(artifact=uri, manifest=manifest_uri_for(uri))
 
 
-def resolve_extra_files(spec: ExportSpec, client: Any, limit: int = MAX_EXTRA_FILE_BYTES) -> dict[str, bytes]:
+def resolve_extra_files(spec: ExportSpec, client: S3Client, limit: int = MAX_EXTRA_FILE_BYTES) -> dict[str, bytes]:
     """The spec's extra files as bytes (text, base64, or fetched from S3).
 
     Raises:
@@ -130,10 +135,10 @@ def resolve_extra_files(spec: ExportSpec, client: Any, limit: int = MAX_EXTRA_FI
     return out
 
 
-def _fetch_extra(client: Any, name: str, uri: str, limit: int) -> bytes:
+def _fetch_extra(client: S3Client, name: str, uri: str, limit: int) -> bytes:
     from botocore.exceptions import ClientError
 
-    from serializer.retry import error_code
+    from serializer.s3.retry import error_code
 
     target = parse_s3_uri(uri)
     try:
@@ -186,7 +191,7 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
-def _existing(client: Any, keys: Keys) -> Manifest | None:
+def _existing(client: S3Client, keys: Keys) -> Manifest | None:
     try:
         return read_manifest(client, keys.manifest)
     except ManifestError as exc:
@@ -215,7 +220,7 @@ def run_export(
     spec: ExportSpec,
     *,
     settings: Settings,
-    client: Any,
+    client: S3Client,
     progress: Progress | None = None,
     replace: bool = False,
     exclusive: bool = False,
@@ -259,7 +264,7 @@ def run_export(
     device = resolve_device(spec.device)
     extras = resolve_extra_files(spec, client, settings.max_extra_file_bytes)
     if spec.format == "pt2":
-        from serializer.pt2 import check_text_extras
+        from serializer.pt2.export import check_text_extras
 
         try:
             check_text_extras(extras)
@@ -314,7 +319,7 @@ def run_export(
     exporter: Callable[..., ArchiveInfo] = export_torchscript
     strategy: str = settings.upload_strategy
     if spec.format == "pt2":
-        from serializer.pt2 import export_pt2
+        from serializer.pt2.export import export_pt2
 
         exporter, strategy = export_pt2, settings.pt2_strategy
     try:
@@ -383,7 +388,7 @@ def run_export(
 
 
 def verify_archive(
-    client: Any,
+    client: S3Client,
     info: ArchiveInfo,
     inputs: tuple[torch.Tensor, ...],
     reference: Any,
@@ -397,7 +402,7 @@ def verify_archive(
     with ``torch.export.load``, its weights on the device they were exported from.  The
     download goes to a temporary file in ``spool_dir``."""
     if info.format == "pt2":
-        from serializer.pt2 import load_pt2_artifact, program_device
+        from serializer.pt2.load import load_pt2_artifact, program_device
 
         program, _ = load_pt2_artifact(client, info.uri, sha256=info.sha256, size=info.size, spool_dir=spool_dir)
         device = program_device(program)
@@ -419,10 +424,10 @@ def verify_archive(
     )
 
 
-def _object_exists(client: Any, uri: str) -> bool:
+def _object_exists(client: S3Client, uri: str) -> bool:
     from botocore.exceptions import ClientError
 
-    from serializer.retry import error_code
+    from serializer.s3.retry import error_code
 
     target = parse_s3_uri(uri)
     try:
@@ -439,10 +444,10 @@ def _staging_uri(keys: Keys) -> str:
     return f"{keys.artifact}.staging-{uuid.uuid4().hex[:12]}"
 
 
-def _promote(client: Any, staged: ArchiveInfo, artifact_uri: str) -> ArchiveInfo:
+def _promote(client: S3Client, staged: ArchiveInfo, artifact_uri: str) -> ArchiveInfo:
     """Copy a verified staged archive over the artifact (server side); the copy's info."""
     source, target = parse_s3_uri(staged.uri), parse_s3_uri(artifact_uri)
-    copy_source = {"Bucket": source.bucket, "Key": source.key}
+    copy_source: CopySourceTypeDef = {"Bucket": source.bucket, "Key": source.key}
     if staged.size <= MAX_SINGLE_COPY:
         reply = client.copy_object(
             Bucket=target.bucket, Key=target.key, CopySource=copy_source, CopySourceIfMatch=staged.etag
@@ -457,7 +462,7 @@ def _promote(client: Any, staged: ArchiveInfo, artifact_uri: str) -> ArchiveInfo
     return dataclasses.replace(staged, uri=artifact_uri, etag=etag, version_id=None)
 
 
-def _adopt_winner(client: Any, keys: Keys, info: ArchiveInfo) -> dict[str, Any]:
+def _adopt_winner(client: S3Client, keys: Keys, info: ArchiveInfo) -> dict[str, Any]:
     """Another job published the manifest first.  Its archive is the one stored (the archive
     key is written once): where its manifest describes these bytes, the export is done."""
     done = _existing(client, keys)
@@ -469,7 +474,7 @@ def _adopt_winner(client: Any, keys: Keys, info: ArchiveInfo) -> dict[str, Any]:
     )
 
 
-def _await_winner(client: Any, keys: Keys, other_running: Callable[[], bool] | None = None) -> dict[str, Any]:
+def _await_winner(client: S3Client, keys: Keys, other_running: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Another worker published the same artifact first: wait for its manifest (at least
     CONFLICT_WAIT seconds, and for as long as ``other_running`` says it is at work)."""
     deadline = time.monotonic() + CONFLICT_WAIT
@@ -484,7 +489,7 @@ def _await_winner(client: Any, keys: Keys, other_running: Callable[[], bool] | N
     )
 
 
-def _delete_quietly(client: Any, uri: str) -> None:
+def _delete_quietly(client: S3Client, uri: str) -> None:
     target = parse_s3_uri(uri)
     try:
         client.delete_object(Bucket=target.bucket, Key=target.key)

@@ -34,9 +34,11 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 
 from serializer.errors import InvalidURI, ManifestError, SerializerError
-from serializer.manifest import MANIFEST_SUFFIX, Manifest, read_manifest
-from serializer.retry import error_code
-from serializer.s3uri import parse_s3_uri
+from serializer.manifest.model import MANIFEST_SUFFIX, Manifest
+from serializer.manifest.store import read_manifest
+from serializer.s3.client import S3Client
+from serializer.s3.retry import error_code
+from serializer.s3.uri import parse_s3_uri
 
 from .errors import ExportError, SpecError
 from .settings import JSONL_SUFFIXES, YAML_SUFFIXES, Policy, Settings
@@ -121,7 +123,7 @@ def check_source(source: str) -> str:
     return source if is_catalog(stripped) else stripped
 
 
-def list_manifests(client: Any, prefix_uri: str, *, start_after: str | None = None) -> Iterator[str]:
+def list_manifests(client: S3Client, prefix_uri: str, *, start_after: str | None = None) -> Iterator[str]:
     """URIs of every manifest under ``s3://bucket/prefix``, paging through the listing.
 
     One page is held at a time: a page's keys are taken and the page dropped before the
@@ -146,7 +148,7 @@ def list_manifests(client: Any, prefix_uri: str, *, start_after: str | None = No
         kwargs["ContinuationToken"] = token
 
 
-def iter_candidates(client: Any, source: str) -> Iterator[Candidate]:
+def iter_candidates(client: S3Client, source: str) -> Iterator[Candidate]:
     """Every candidate of a selection, in order, one at a time."""
     if not is_catalog(source):
         for uri in list_manifests(client, source):
@@ -167,7 +169,7 @@ def iter_candidates(client: Any, source: str) -> Iterator[Candidate]:
         yield from _yaml_candidates(client, source)
 
 
-def _from_manifest(client: Any, uri: str) -> Candidate:
+def _from_manifest(client: S3Client, uri: str) -> Candidate:
     try:
         manifest = read_manifest(client, uri)
     except ManifestError as exc:
@@ -187,7 +189,7 @@ def _from_data(where: str, data: Any) -> Candidate:
         return Candidate(source=where, error=f"{where}: {exc}", given_name=name if isinstance(name, str) else None)
 
 
-def _catalog_lines(client: Any, source: str) -> Iterator[str]:
+def _catalog_lines(client: S3Client, source: str) -> Iterator[str]:
     try:
         if source.startswith("s3://"):
             target = parse_s3_uri(source)
@@ -203,7 +205,7 @@ def _catalog_lines(client: Any, source: str) -> Iterator[str]:
         raise SpecError(f"catalog {source} cannot be read: {exc}") from exc
 
 
-def _yaml_candidates(client: Any, source: str) -> Iterator[Candidate]:
+def _yaml_candidates(client: S3Client, source: str) -> Iterator[Candidate]:
     """A YAML catalog: a list of specs, or one spec per document.  Parsed whole (YAML has no
     line-by-line form); JSON Lines is the format for very large catalogs."""
     import yaml
@@ -224,7 +226,7 @@ def _yaml_candidates(client: Any, source: str) -> Iterator[Candidate]:
 class Planner:
     """Decides candidates against this worker as a producer, under a policy."""
 
-    client: Any
+    client: S3Client
     settings: Settings
     policy: Policy
     torch_version: str = ""
@@ -237,8 +239,8 @@ class Planner:
     def __post_init__(self) -> None:
         import torch
 
-        from serializer.pt2 import archive_version, export_schema_version
-        from serializer.torchscript import produced_format_version
+        from serializer.pt2.versions import archive_version, export_schema_version
+        from serializer.torchscript.save import produced_format_version
 
         self.torch_version = self.torch_version or torch.__version__
         self.format_version = self.format_version or produced_format_version()
@@ -326,7 +328,7 @@ class Planner:
         return decision("unchanged", "up to date")
 
 
-def _read_optional(client: Any, uri: str) -> Manifest | None:
+def _read_optional(client: S3Client, uri: str) -> Manifest | None:
     try:
         return read_manifest(client, uri)
     except ManifestError as exc:
@@ -354,7 +356,7 @@ class RecentTargets:
 
 
 def plan(
-    client: Any, source: str, policy: Policy, settings: Settings, to_format: Format | None = None
+    client: S3Client, source: str, policy: Policy, settings: Settings, to_format: Format | None = None
 ) -> Iterator[Decision]:
     """Every candidate's decision, streamed: what a run would do, and why (``--dry-run``)."""
     planner = Planner(client, settings, policy, to_format=to_format)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from serializer.parts import MIN_PART_SIZE, parse_size
+from serializer.s3.parts import MIN_PART_SIZE, parse_size
 
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 
@@ -44,7 +44,7 @@ class ScheduleEntry(BaseModel):
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
-        from serializer.s3uri import parse_s3_uri
+        from serializer.s3.uri import parse_s3_uri
 
         catalog = v.lower().endswith(JSONL_SUFFIXES + YAML_SUFFIXES)
         if v.startswith("s3://"):

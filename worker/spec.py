@@ -9,9 +9,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
-from serializer.extras import decode_base64, validate_extra_name
-from serializer.manifest import canonical_json, spec_digest
-from serializer.s3uri import parse_s3_uri
+from serializer.archive.extras import decode_base64, validate_extra_name
+from serializer.manifest.model import canonical_json, spec_digest
+from serializer.s3.uri import parse_s3_uri
 
 from .errors import SpecError
 

@@ -22,13 +22,14 @@ import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from botocore.exceptions import ClientError
 
-from serializer.manifest import ARTIFACT_SUFFIXES, MANIFEST_SUFFIX, artifact_suffix
-from serializer.retry import error_code
-from serializer.s3uri import parse_s3_uri
+from serializer.formats import ARTIFACT_SUFFIXES
+from serializer.manifest.model import MANIFEST_SUFFIX, artifact_suffix
+from serializer.s3.client import S3Client
+from serializer.s3.retry import error_code
+from serializer.s3.uri import parse_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class SweepReport:
 
 
 def sweep(
-    client: Any, prefixes: Iterable[str], *, older_than: float, now: datetime | None = None, dry_run: bool = False
+    client: S3Client, prefixes: Iterable[str], *, older_than: float, now: datetime | None = None, dry_run: bool = False
 ) -> SweepReport:
     """Remove stale uploads, staging objects and orphan archives under ``prefixes``.
 
@@ -82,7 +83,9 @@ def sweep(
     return report
 
 
-def _sweep_uploads(client: Any, bucket: str, prefix: str, cutoff: datetime, report: SweepReport, dry: bool) -> None:
+def _sweep_uploads(
+    client: S3Client, bucket: str, prefix: str, cutoff: datetime, report: SweepReport, dry: bool
+) -> None:
     pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
     for page in pages:
         for upload in page.get("Uploads", []):
@@ -100,7 +103,9 @@ def _sweep_uploads(client: Any, bucket: str, prefix: str, cutoff: datetime, repo
             log.warning("aborted stale upload of s3://%s/%s (started %s)", bucket, upload["Key"], upload["Initiated"])
 
 
-def _sweep_objects(client: Any, bucket: str, prefix: str, cutoff: datetime, report: SweepReport, dry: bool) -> None:
+def _sweep_objects(
+    client: S3Client, bucket: str, prefix: str, cutoff: datetime, report: SweepReport, dry: bool
+) -> None:
     # Within a folder the listing is sorted: "model.manifest.json" comes before "model.pt"
     # and "model.pt2" (a folder holds one format: the spec's hash covers it), so
     # remembering the last manifest seen tells whether an archive has one.

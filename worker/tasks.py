@@ -14,9 +14,9 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from serializer.client import make_s3_client
 from serializer.errors import SerializerError, UploadFailed
-from serializer.retry import is_transient
+from serializer.s3.client import S3Client, make_s3_client
+from serializer.s3.retry import is_transient
 
 from . import bulk, metrics
 from .celery import app
@@ -35,7 +35,7 @@ RETRY_CAP = 120.0
 #: Seconds before a job whose worker process died runs again.
 WORKER_LOST_DELAY = 5.0
 
-_client: Any = None
+_client: S3Client | None = None
 _redis: Any = None
 
 

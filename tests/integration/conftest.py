@@ -189,7 +189,7 @@ def celery_worker(
 @pytest.fixture()
 def worker_s3(celery_worker: WorkerProcess) -> Any:
     """A client of the same moto server the worker writes to, for the tests' own checks."""
-    from serializer.client import make_s3_client
+    from serializer.s3.client import make_s3_client
 
     return make_s3_client(endpoint_url=celery_worker.s3_endpoint, max_pool_connections=4)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from serializer.client import make_s3_client
+from serializer.s3.client import make_s3_client
 from worker.bulk import PREFIX, BulkRun, RunKeys
 from worker.errors import ExportError
 from worker.local_services import stop_process

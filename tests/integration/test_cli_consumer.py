@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from serializer.client import make_s3_client
-from serializer.manifest import MANIFEST_SUFFIX, read_manifest
+from serializer.manifest.model import MANIFEST_SUFFIX
+from serializer.manifest.store import read_manifest
+from serializer.s3.client import make_s3_client
 from worker.cli import list_manifests
 from worker.job import run_export
 from worker.settings import Settings

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from serializer.torchscript import export_torchscript
+from serializer.torchscript.export import export_torchscript
 from tests.fixtures import ALL_BYTES, TinyLinear, scripted
 
 #: The example's source folder.

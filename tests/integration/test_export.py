@@ -25,13 +25,14 @@ import torch
 from botocore.config import Config
 from botocore.exceptions import ConnectionClosedError
 
-from serializer.archive import ArchiveInfo
-from serializer.client import make_s3_client
+from serializer.archive.extras import normalize_extra_files, sha256_hex
+from serializer.archive.info import ArchiveInfo
+from serializer.archive.zipindex import ZipIndex, ZipStreamIndexer
 from serializer.errors import ArchiveError, InvalidExtraFile, InvalidURI, ObjectExists, UploadFailed
-from serializer.extras import normalize_extra_files, sha256_hex
-from serializer.parts import MIN_PART_SIZE
-from serializer.torchscript import Strategy, UploadOptions, export_torchscript
-from serializer.zipindex import ZipIndex, ZipStreamIndexer
+from serializer.s3.client import make_s3_client
+from serializer.s3.options import UploadOptions
+from serializer.s3.parts import MIN_PART_SIZE
+from serializer.torchscript.export import Strategy, export_torchscript
 from tests.conftest import object_keys, open_uploads
 from tests.fixtures import ALL_BYTES, ParamBlob, RepeatInt, TinyLinear, load_archive, param_bytes, scripted
 
@@ -44,7 +45,7 @@ EXTRAS: dict[str, bytes | str] = {
     "empty.txt": "",
 }
 KEY = "models/model.pt"
-UPLOADER_MODULE = "serializer._fifo_child"
+UPLOADER_MODULE = "serializer.archive._fifo_child"
 
 
 # -- fixtures and helpers -----------------------------------------------------------------
@@ -349,7 +350,7 @@ def test_fifo_save_error_after_the_uploader_exited(
 ) -> None:
     # When the save fails the uploader reports and exits; telling it not to commit then
     # writes to a closed pipe, which must not replace the save's error.
-    import serializer._fifo as fifo
+    import serializer.archive.fifo as fifo
 
     receive = fifo._receive
 

@@ -37,9 +37,9 @@ from typing import Any
 import pytest
 import torch
 
-from serializer.client import make_s3_client
-from serializer.manifest import Manifest
-from serializer.s3uri import parse_s3_uri
+from serializer.manifest.model import Manifest
+from serializer.s3.client import make_s3_client
+from serializer.s3.uri import parse_s3_uri
 from tests.faultproxy import ProxyHandle, classify, fault_proxy
 from tests.fixtures import ALL_BYTES, TinyLinear, load_archive
 from worker.job import export_keys

@@ -34,7 +34,7 @@ import torch
 from botocore.exceptions import ClientError
 
 from serializer.errors import SerializerError
-from serializer.manifest import Manifest, manifest_uri_for
+from serializer.manifest.model import Manifest, manifest_uri_for
 from tests.conftest import object_keys, open_uploads
 from tests.integration.conftest import WorkerProcess
 from worker.errors import SpecError
@@ -1182,7 +1182,7 @@ def empty_cwd(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 
 def test_a_safe_name_reads_back_with_and_without_the_manifest(s3: Any, safe: tuple[str, bytes]) -> None:
-    from serializer.reader import read_extra_file
+    from serializer.consumer.extras import read_extra_file
 
     uri, manifest = safe
     assert read_extra_file(s3, uri, "ok.txt", manifest=Manifest.from_json(manifest)) == b"fine"
@@ -1195,7 +1195,7 @@ def test_a_safe_name_reads_back_with_and_without_the_manifest(s3: Any, safe: tup
 def test_read_extra_file_refuses_unsafe_names(
     s3: Any, hostile: tuple[str, bytes], name: str, with_manifest: bool
 ) -> None:
-    from serializer.reader import read_extra_file
+    from serializer.consumer.extras import read_extra_file
 
     uri, manifest = hostile
     with pytest.raises(SerializerError) as info:
@@ -1251,7 +1251,7 @@ def test_manifest_from_json_refuses_unsafe_extra_names(name: str) -> None:
 def test_exported_archives_hold_only_safe_names(s3: Any, bucket: str) -> None:
     # The producing side: every record of a real export lies under the archive's root and
     # every extra file's name passes the name rules, so extracting it cannot leave a target.
-    from serializer.extras import validate_extra_name
+    from serializer.archive.extras import validate_extra_name
 
     result = _run_with_limit(s3, bucket, {"docs/readme.md": "# hi\n", "labels.txt": "a\nb\n"}, limit=1024**2)
     data = s3.get_object(Bucket=bucket, Key=result["artifact_uri"].split("/", 3)[3])["Body"].read()

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from serializer.loading import load_artifact
-from serializer.manifest import read_manifest
+from serializer.manifest.store import read_manifest
+from serializer.torchscript.load import load_artifact
 from tests.conftest import object_keys, open_uploads
 from tests.fixtures import TinyLinear
 from worker import job

@@ -32,11 +32,11 @@ import torch
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
 
-from serializer.client import make_s3_client
 from serializer.errors import ObjectExists, UploadFailed
-from serializer.multipart import NO_SUCH_UPLOAD_RETRIES, MultipartWriter, WriterState
-from serializer.parts import MIN_PART_SIZE
-from serializer.retry import RetryPolicy
+from serializer.s3.client import make_s3_client
+from serializer.s3.multipart import NO_SUCH_UPLOAD_RETRIES, MultipartWriter, WriterState
+from serializer.s3.parts import MIN_PART_SIZE
+from serializer.s3.retry import RetryPolicy
 from tests.conftest import object_keys, open_uploads
 
 PART = MIN_PART_SIZE

@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 _PROLOGUE = """
 import os, signal, sys, time
 import torch
-from serializer.client import make_s3_client
-from serializer.pt2 import export_pt2
-from serializer.torchscript import UploadOptions
+from serializer.s3.client import make_s3_client
+from serializer.pt2.export import export_pt2
+from serializer.s3.options import UploadOptions
 
 client = make_s3_client(endpoint_url=os.environ["ENDPOINT"], region_name="us-east-1")
 model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(8)])

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import torch
 
-from serializer.client import make_s3_client
+from serializer.s3.client import make_s3_client
 from worker.local_services import celery_worker as celery_worker_process
 
 from .conftest import ROOT

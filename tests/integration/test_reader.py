@@ -14,13 +14,16 @@ from typing import Any
 import pytest
 import torch
 
-from serializer.client import make_s3_client
+from serializer.consumer.extras import read_extra_file
+from serializer.consumer.verify import verify_artifact
 from serializer.errors import ArchiveError
-from serializer.loading import download_checked, load_artifact
-from serializer.manifest import Manifest, manifest_uri_for, read_manifest, write_manifest
-from serializer.reader import iter_object, read_checked, read_extra_file
-from serializer.torchscript import UploadOptions, export_torchscript
-from serializer.verify import verify_artifact
+from serializer.manifest.model import Manifest, manifest_uri_for
+from serializer.manifest.store import read_manifest, write_manifest
+from serializer.s3.client import make_s3_client
+from serializer.s3.options import UploadOptions
+from serializer.s3.ranged import download_checked, iter_object, read_checked
+from serializer.torchscript.export import export_torchscript
+from serializer.torchscript.load import load_artifact
 from tests.fixtures import ALL_BYTES, ParamBlob, randbytes, scripted
 from worker.job import run_export
 from worker.settings import Settings
@@ -156,7 +159,8 @@ BIG_EXTRA = {"labels.txt": LABELS, "bin/all.bin": ALL_BYTES * 4}
 @pytest.fixture(scope="module")
 def big_archive(moto_endpoint: str) -> Iterator[tuple[Any, Manifest]]:
     """A ~500 MiB archive with extra files, stored once, and a manifest built from it."""
-    from serializer.manifest import build_manifest, current_producer
+    from serializer.manifest.model import build_manifest
+    from serializer.producer import current_producer
 
     client = make_s3_client(endpoint_url=moto_endpoint, max_pool_connections=8)
     bucket = "big-archive-reads"
@@ -353,7 +357,7 @@ def test_download_and_load_check_the_digest(s3: Any, bucket: str, tmp_path: Any)
 
 
 def test_open_artifact_returns_module_and_manifest(s3: Any, bucket: str) -> None:
-    from serializer.loading import open_artifact
+    from serializer.consumer.open import open_artifact
 
     result = export(s3, bucket)
     module, manifest, extras = open_artifact(s3, result["artifact_uri"], extra_names=["labels.txt"])
@@ -364,9 +368,9 @@ def test_open_artifact_returns_module_and_manifest(s3: Any, bucket: str) -> None
 
 
 def test_open_artifact_refuses_a_newer_format_before_downloading(s3: Any, bucket: str) -> None:
+    from serializer.consumer.open import open_artifact
     from serializer.errors import ArchiveError
-    from serializer.loading import open_artifact
-    from serializer.manifest import read_manifest, write_manifest
+    from serializer.manifest.store import read_manifest, write_manifest
 
     result = export(s3, bucket, name="newer")
     manifest = read_manifest(s3, result["manifest_uri"])

@@ -45,13 +45,13 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from serializer.client import make_s3_client
+from serializer.consumer.extras import read_extra_file
+from serializer.consumer.verify import verify_artifact
 from serializer.errors import ObjectExists
-from serializer.manifest import read_manifest
-from serializer.multipart import MultipartWriter
-from serializer.parts import MIN_PART_SIZE, base_part_size
-from serializer.reader import read_extra_file
-from serializer.verify import verify_artifact
+from serializer.manifest.store import read_manifest
+from serializer.s3.client import make_s3_client
+from serializer.s3.multipart import MultipartWriter
+from serializer.s3.parts import MIN_PART_SIZE, base_part_size
 from tests.conftest import object_keys, open_uploads
 from tests.fixtures import ALL_BYTES, load_archive, randbytes
 from worker.local_services import weed_binary, weed_grpc_sockets, weed_mini_command, weed_ports

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import torch
 
-from serializer.manifest import Manifest, manifest_uri_for
-from serializer.s3uri import parse_s3_uri
+from serializer.manifest.model import Manifest, manifest_uri_for
+from serializer.s3.uri import parse_s3_uri
 from tests.conftest import object_keys, open_uploads
 from tests.fixtures import ALL_BYTES, TinyLinear, TokenSum, TwoInputs, load_archive
 from tests.integration.conftest import WorkerProcess

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from serializer._body import MemoryBody
+from serializer.s3._body import MemoryBody
 
 DATA = bytes(range(256)) * 4  # 1 KiB
 

@@ -28,7 +28,7 @@ from celery.bin.celery import celery as celery_cli
 from packaging.version import Version
 from pydantic import AliasChoices
 
-from serializer.parts import parse_size
+from serializer.s3.parts import parse_size
 from worker import cli
 from worker.celery import CPU_QUEUE, GPU_QUEUE
 from worker.settings import Settings

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from serializer.errors import InvalidExtraFile
-from serializer.extras import (
+from serializer.archive.extras import (
     MANIFEST_NAME,
     MAX_NAME_BYTES,
     decode_base64,
@@ -19,6 +18,7 @@ from serializer.extras import (
     sha256_hex,
     validate_extra_name,
 )
+from serializer.errors import InvalidExtraFile
 from tests.fixtures import ALL_BYTES
 
 # -- names --------------------------------------------------------------------------------

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from serializer.archive import ArchiveInfo
+from serializer.archive.extras import ExtraFileInfo, sha256_hex
+from serializer.archive.info import ArchiveInfo
 from serializer.errors import InvalidURI, ManifestError, ObjectExists
-from serializer.extras import ExtraFileInfo, sha256_hex
-from serializer.manifest import (
+from serializer.manifest.model import (
     SCHEMA_VERSION,
     TORCHSCRIPT_SCHEMA_VERSION,
     Manifest,
@@ -23,12 +23,11 @@ from serializer.manifest import (
     Verification,
     build_manifest,
     canonical_json,
-    current_producer,
     json_schema,
     manifest_uri_for,
-    read_manifest,
-    write_manifest,
 )
+from serializer.manifest.store import read_manifest, write_manifest
+from serializer.producer import current_producer
 from tests.conftest import object_keys
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "manifest.schema.json"

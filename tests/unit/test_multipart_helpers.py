@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from serializer.multipart import MultipartWriter, UploadResult, WriterState, _multipart_etag
+from serializer.s3.multipart import MultipartWriter, UploadResult, WriterState, _multipart_etag
 
 
 def md5(data: bytes) -> str:
@@ -48,14 +48,14 @@ def test_max_in_flight_must_be_positive(max_in_flight: int) -> None:
 
 
 def test_warns_when_client_pool_is_smaller_than_parallelism(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="serializer.multipart"):
+    with caplog.at_level(logging.WARNING, logger="serializer.s3.multipart"):
         w = MultipartWriter(fake_client(pool=2), "bkt", "key", max_in_flight=4)
     assert "max_pool_connections>=4" in caplog.text
     w.abort()
 
 
 def test_no_warning_when_pool_is_large_enough(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="serializer.multipart"):
+    with caplog.at_level(logging.WARNING, logger="serializer.s3.multipart"):
         w = MultipartWriter(fake_client(pool=8), "bkt", "key", max_in_flight=4)
     assert caplog.records == []
     w.abort()

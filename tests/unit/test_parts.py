@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from serializer.parts import (
+from serializer.s3.parts import (
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,

@@ -26,12 +26,16 @@ from pydantic import ValidationError
 from torch._export.serde.schema import SCHEMA_VERSION as EXPORT_SCHEMA
 from torch.export import Dim
 
-from serializer.archive import ArchiveInfo, Pt2Info
-from serializer.client import make_s3_client
+from serializer.archive.extras import BUILD_JSON, EXAMPLE_INPUTS_TEXT, REFERENCE_OUTPUTS_TEXT, ExtraFileInfo, sha256_hex
+from serializer.archive.info import ArchiveInfo, Pt2Info
+from serializer.archive.upload import CONTENT_TYPE
+from serializer.archive.zipindex import ZipStreamIndexer
+from serializer.consumer.compat import check_compatibility
+from serializer.consumer.extras import read_extra_file
+from serializer.consumer.open import open_artifact
+from serializer.consumer.verify import verify_artifact
 from serializer.errors import ArchiveError, InvalidExtraFile, InvalidURI, ObjectExists, UploadFailed
-from serializer.extras import BUILD_JSON, EXAMPLE_INPUTS_TEXT, REFERENCE_OUTPUTS_TEXT, ExtraFileInfo, sha256_hex
-from serializer.loading import open_artifact
-from serializer.manifest import (
+from serializer.manifest.model import (
     SCHEMA_VERSION,
     TORCHSCRIPT_SCHEMA_VERSION,
     ArtifactEntry,
@@ -41,16 +45,15 @@ from serializer.manifest import (
     Pt2Entry,
     build_manifest,
     manifest_uri_for,
-    read_manifest,
     spec_digest,
 )
-from serializer.multipart import MultipartWriter
-from serializer.pt2 import Pt2Strategy, UploadStream, archive_version, check_text_extras, export_pt2
-from serializer.reader import check_compatibility, read_extra_file
-from serializer.s3uri import parse_s3_uri
-from serializer.torchscript import CONTENT_TYPE, UploadOptions
-from serializer.verify import verify_artifact
-from serializer.zipindex import ZipStreamIndexer
+from serializer.manifest.store import read_manifest
+from serializer.pt2.export import Pt2Strategy, UploadStream, check_text_extras, export_pt2
+from serializer.pt2.versions import archive_version
+from serializer.s3.client import make_s3_client
+from serializer.s3.multipart import MultipartWriter
+from serializer.s3.options import UploadOptions
+from serializer.s3.uri import parse_s3_uri
 from tests.conftest import object_keys, open_uploads
 from tests.fixtures import ALL_BYTES, ParamBlob, TinyLinear
 from worker.builders import dynamic_shapes_for, to_exported_program

@@ -22,7 +22,9 @@ import pytest
 import torch
 
 from serializer.errors import ArchiveError
-from serializer.pt2 import _weights_only_loads, check_pt2_payloads, export_pt2, load_pt2_file
+from serializer.pt2.check import check_pt2_payloads
+from serializer.pt2.export import export_pt2
+from serializer.pt2.load import _weights_only_loads, load_pt2_file
 
 Entries = list[tuple[str, bytes]]
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import torch
 
-from serializer.manifest import read_manifest
-from serializer.pt2 import archive_version, export_schema_version
-from serializer.s3uri import parse_s3_uri
+from serializer.manifest.store import read_manifest
+from serializer.pt2.versions import archive_version, export_schema_version
+from serializer.s3.uri import parse_s3_uri
 from tests.conftest import object_keys, open_uploads
 from worker import bulk
 from worker.celery import beat_schedule

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
+from serializer.archive.zipindex import CentralDirectoryTooLarge, local_data_offset, parse_central_directory
+from serializer.consumer.compat import check_compatibility
 from serializer.errors import ArchiveError
-from serializer.manifest import ArtifactEntry, Manifest, Producer
-from serializer.reader import check_compatibility
-from serializer.torchscript import quiet_torchscript_deprecation
-from serializer.zipindex import CentralDirectoryTooLarge, local_data_offset, parse_central_directory
+from serializer.manifest.model import ArtifactEntry, Manifest, Producer
+from serializer.torchscript.save import quiet_torchscript_deprecation
 from tests.fixtures import ALL_BYTES, TinyLinear, scripted
 
 

@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from serializer.extras import BUILD_JSON
-from serializer.manifest import TORCHSCRIPT_SCHEMA_VERSION, Manifest, Verification, current_producer, read_manifest
-from serializer.reader import read_extra_file
-from serializer.s3uri import parse_s3_uri
+from serializer.archive.extras import BUILD_JSON
+from serializer.consumer.extras import read_extra_file
+from serializer.manifest.model import TORCHSCRIPT_SCHEMA_VERSION, Manifest, Verification
+from serializer.manifest.store import read_manifest
+from serializer.producer import current_producer
+from serializer.s3.uri import parse_s3_uri
 from tests.conftest import object_keys, open_uploads
 from worker import job
 from worker.builders import builder_digest

@@ -13,7 +13,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from serializer.retry import TRANSIENT_CODES, RetryPolicy, error_code, http_status, is_transient
+from serializer.s3.retry import TRANSIENT_CODES, RetryPolicy, error_code, http_status, is_transient
 
 ENDPOINT = "http://127.0.0.1:9"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from serializer.errors import InvalidURI, SerializerError
-from serializer.s3uri import S3URI, parse_s3_uri
+from serializer.s3.uri import S3URI, parse_s3_uri
 
 
 @pytest.mark.parametrize(

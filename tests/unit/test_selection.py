@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 import torch
 
-from serializer.client import make_s3_client
-from serializer.manifest import MANIFEST_SUFFIX, read_manifest
-from serializer.s3uri import parse_s3_uri
-from serializer.torchscript import produced_format_version
+from serializer.manifest.model import MANIFEST_SUFFIX
+from serializer.manifest.store import read_manifest
+from serializer.s3.client import make_s3_client
+from serializer.s3.uri import parse_s3_uri
+from serializer.torchscript.save import produced_format_version
 from tests.conftest import object_keys, open_uploads
 from worker import bulk, selection
 from worker.errors import SpecError

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from serializer.archive.extras import MANIFEST_NAME, MAX_NAME_BYTES, validate_extra_name
 from serializer.errors import InvalidExtraFile, InvalidURI
-from serializer.extras import MANIFEST_NAME, MAX_NAME_BYTES, validate_extra_name
-from serializer.s3uri import parse_s3_uri
+from serializer.s3.uri import parse_s3_uri
 from worker.errors import SpecError
 from worker.spec import (
     DTYPES,

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from serializer.archive.zipindex import SMALL_RECORD, CentralDirectoryTooLarge, ZipIndex, ZipRecord, ZipStreamIndexer
 from serializer.errors import ArchiveError
-from serializer.torchscript import quiet_torchscript_deprecation
-from serializer.zipindex import SMALL_RECORD, CentralDirectoryTooLarge, ZipIndex, ZipRecord, ZipStreamIndexer
+from serializer.torchscript.save import quiet_torchscript_deprecation
 from tests.fixtures import ALL_BYTES, RepeatInt, TinyLinear, randbytes, scripted
 
 #: 1 and 7 split every header and signature; 4096 is a typical read; 0 means "all at once".

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 from botocore.config import Config
 
+if TYPE_CHECKING:
+    # boto3-stubs (a dev dependency) types the client; at run time it is boto3's own.
+    from mypy_boto3_s3 import S3Client
+else:
+    S3Client = Any
+
+__all__ = ["BOTOCORE_ATTEMPTS", "ChecksumMode", "S3Client", "make_s3_client"]
+
 ChecksumMode = Literal["when_supported", "when_required"]
 
 #: botocore's own retries per request ("standard" mode backs off with jitter); our retry
-#: layer in :mod:`serializer.retry` sits above it for what botocore gives up on.
+#: layer in :mod:`serializer.s3.retry` sits above it for what botocore gives up on.
 BOTOCORE_ATTEMPTS = 3
 
 
@@ -23,7 +31,7 @@ def make_s3_client(
     connect_timeout: float = 10.0,
     read_timeout: float = 60.0,
     session: boto3.Session | None = None,
-) -> Any:
+) -> S3Client:
     """An S3 client whose connection pool holds ``max_pool_connections`` connections.
 
     Size the pool to at least the number of upload threads (a :class:`MultipartWriter`

@@ -6,9 +6,9 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import ArchiveError
+from ..errors import ArchiveError
+from ..s3.multipart import UploadResult
 from .extras import ExtraFileInfo, sha256_hex
-from .multipart import UploadResult
 from .zipindex import ZipIndex
 
 

@@ -14,8 +14,9 @@ from typing import Any, Literal, NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..errors import ObjectExists, UploadFailed
 from ._body import MemoryBody
-from .errors import ObjectExists, UploadFailed
+from .client import S3Client
 from .parts import MAX_PARTS, base_part_size, part_size_for
 from .retry import RetryPolicy, error_code, http_status, is_transient
 
@@ -66,7 +67,7 @@ class MultipartWriter:
     held at once: one part being filled plus ``max_in_flight`` uploading.  A semaphore
     enforces it: :meth:`write` blocks while ``max_in_flight`` parts are in flight.  (For an
     object of unknown size past 1,000 parts the part size doubles; the bound then applies
-    to the current part size, see :mod:`serializer.parts`.)
+    to the current part size, see :mod:`serializer.s3.parts`.)
 
     An object smaller than one part is written with a single PutObject; the multipart
     upload is only created once a second part is needed, and an empty object is an
@@ -79,7 +80,7 @@ class MultipartWriter:
 
     Args:
         client: a boto3 S3 client; size its pool to ``max_in_flight`` (see
-            :func:`serializer.client.make_s3_client`).
+            :func:`serializer.s3.client.make_s3_client`).
         part_size: bytes per part (clamped to 5 MiB..5 GiB, grown for ``size_hint``).
         max_in_flight: parts uploading at once, and the thread count.
         size_hint: expected object size, when known, so that all parts are equal.
@@ -92,7 +93,7 @@ class MultipartWriter:
 
     def __init__(
         self,
-        client: Any,
+        client: S3Client,
         bucket: str,
         key: str,
         *,
@@ -292,6 +293,11 @@ class MultipartWriter:
         self._executor = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix="s3-part")
         log.debug("created upload %s for s3://%s/%s", self._upload_id, self.bucket, self.key)
 
+    def _require_upload_id(self) -> str:
+        if self._upload_id is None:
+            raise UploadFailed(f"s3://{self.bucket}/{self.key}: no multipart upload open")
+        return self._upload_id
+
     def _upload_part(self, number: int, buf: bytearray, size: int) -> dict[str, Any]:
         args: dict[str, Any] = {}
         if self._checksum:
@@ -301,9 +307,10 @@ class MultipartWriter:
             return self._client.upload_part(
                 Bucket=self.bucket,
                 Key=self.key,
-                UploadId=self._upload_id,
+                UploadId=self._require_upload_id(),
                 PartNumber=number,
-                Body=MemoryBody(memoryview(buf)[:size]),
+                # A file-like body botocore reads (and rewinds on a retry) without a copy.
+                Body=MemoryBody(memoryview(buf)[:size]),  # type: ignore[arg-type]
                 ContentLength=size,
                 **args,
             )
@@ -329,7 +336,11 @@ class MultipartWriter:
         def put() -> Any:
             sends[0] += 1
             return self._client.put_object(
-                Bucket=self.bucket, Key=self.key, Body=MemoryBody(body), ContentLength=len(body), **args
+                Bucket=self.bucket,
+                Key=self.key,
+                Body=MemoryBody(body),  # type: ignore[arg-type]
+                ContentLength=len(body),
+                **args,
             )
 
         try:
@@ -364,8 +375,8 @@ class MultipartWriter:
             return self._client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=self.key,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": listed},
+                UploadId=self._require_upload_id(),
+                MultipartUpload={"Parts": listed},  # type: ignore[typeddict-item]
                 **args,
             )
 

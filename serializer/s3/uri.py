@@ -6,7 +6,7 @@ import re
 import unicodedata
 from typing import NamedTuple
 
-from .errors import InvalidURI
+from ..errors import InvalidURI
 
 # Bucket names per S3's rules (3-63 chars, lowercase, digits, dots, hyphens), loosened to
 # allow the underscores and capitals some S3-compatible stores accept.

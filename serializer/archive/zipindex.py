@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from .errors import ArchiveError
+from ..errors import ArchiveError
 
 _LOCAL_SIG = b"PK\x03\x04"
 _CENTRAL_SIG = b"PK\x01\x02"
@@ -260,3 +261,21 @@ def _apply_zip64(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int
             break
         pos += 4 + size
     return usize, csize, offset
+
+
+def index_to_json(index: ZipIndex) -> dict[str, Any]:
+    """A ZipIndex as JSON-able data."""
+    return {
+        "records": [asdict(r) for r in index.records],
+        "small": {k: v.decode("latin-1") for k, v in index.small.items()},
+        "total": index.total,
+    }
+
+
+def index_from_json(data: Mapping[str, Any]) -> ZipIndex:
+    """The ZipIndex that :func:`index_to_json` described."""
+    return ZipIndex(
+        records=tuple(ZipRecord(**r) for r in data["records"]),
+        small={k: v.encode("latin-1") for k, v in data["small"].items()},
+        total=int(data["total"]),
+    )

@@ -9,7 +9,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import InvalidExtraFile
+from ..errors import InvalidExtraFile
 
 #: Longest extra-file name, in UTF-8 bytes (a common file-system limit for one name).
 MAX_NAME_BYTES = 255

@@ -16,12 +16,16 @@ from typing import Any
 import torch
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .errors import ArchiveError, SerializerError
-from .extras import BUILD_JSON, EXAMPLE_INPUTS, EXAMPLE_INPUTS_TEXT, REFERENCE_OUTPUTS, REFERENCE_OUTPUTS_TEXT
-from .loading import compare_outputs
-from .manifest import Manifest
-from .reader import check_compatibility, local_reader, read_checked, read_manifest_checked
-from .torchscript import quiet_torchscript_deprecation
+from ..archive.extras import BUILD_JSON, EXAMPLE_INPUTS, EXAMPLE_INPUTS_TEXT, REFERENCE_OUTPUTS, REFERENCE_OUTPUTS_TEXT
+from ..errors import ArchiveError, SerializerError
+from ..manifest.model import Manifest
+from ..pt2.load import load_pt2_file, program_device
+from ..s3.client import S3Client
+from ..s3.ranged import read_checked
+from ..torchscript.save import quiet_torchscript_deprecation
+from .compare import compare_outputs
+from .compat import check_compatibility, local_reader
+from .open import read_manifest_checked
 
 #: Tolerances of the self-check when the build record does not state them.
 DEFAULT_ATOL = 1e-5
@@ -100,7 +104,7 @@ def self_check(
 
 
 def verify_artifact(
-    client: Any,
+    client: S3Client,
     uri: str,
     *,
     progress: Callable[[int], None] | None = None,
@@ -142,8 +146,6 @@ def verify_artifact(
             return report
         report.add("checksum", True, f"{art.size} bytes, sha256 {art.sha256}")
         if pt2:
-            from .pt2 import load_pt2_file, program_device
-
             try:
                 program, raw = load_pt2_file(path, source=art.uri)
             except ArchiveError as exc:

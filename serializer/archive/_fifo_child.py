@@ -1,4 +1,4 @@
-"""Child uploader of the ``fifo`` export path (see :mod:`serializer._fifo`); imports no torch."""
+"""Child uploader of the ``fifo`` export path (see :mod:`serializer.archive.fifo`); imports no torch."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from .client import make_s3_client
-from .errors import ObjectExists
-from .multipart import MultipartWriter
-from .zipindex import ZipStreamIndexer
+from ..errors import ObjectExists
+from ..s3.client import make_s3_client
+from ..s3.multipart import MultipartWriter
+from .zipindex import ZipStreamIndexer, index_to_json
 
 #: Bytes read from the pipe at a time.
 READ_CHUNK = 1024**2
@@ -25,8 +25,6 @@ def _say(message: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    from ._fifo import index_to_json
-
     config = json.loads(sys.stdin.readline())
     # Opened without blocking so the parent can open its end; reading waits for "go",
     # sent once the parent holds a write end (before that, a read would see EOF).

@@ -1,6 +1,7 @@
-"""The ``fifo`` export path: ``torch.jit.save`` into a named pipe read by a child uploader.
+"""The ``fifo`` export path: an archive saved into a named pipe read by a child uploader.
 
-The child (``python -m serializer._fifo_child``) streams the pipe into a MultipartWriter
+The saving is the caller's (TorchScript's ``torch.jit.save`` to a path); this module knows
+no torch.  The child (``python -m serializer.archive._fifo_child``) streams the pipe into a MultipartWriter
 and indexes the zip.  It is a separate process because the C++ save holds the GIL, so a
 reader thread here would never run.  Protocol, one JSON object per line:
 
@@ -18,18 +19,16 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import asdict
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import IO, Any
 
-from .errors import ArchiveError, ObjectExists, UploadFailed
-from .multipart import UploadResult
-from .zipindex import ZipIndex, ZipRecord
-
-if TYPE_CHECKING:
-    import torch
-
-    from .torchscript import UploadOptions
+from ..errors import ArchiveError, ObjectExists, UploadFailed
+from ..s3.client import S3Client
+from ..s3.multipart import UploadResult
+from ..s3.options import UploadOptions
+from .info import check_extras
+from .upload import CONTENT_TYPE
+from .zipindex import ZipIndex, index_from_json
 
 #: Seconds to wait for the child to open the pipe before giving up.
 READY_TIMEOUT = 60.0
@@ -38,18 +37,17 @@ FINISH_TIMEOUT = 600.0
 
 
 def save_through_fifo(
-    module: torch.jit.ScriptModule,
+    save: Callable[[str], None],
     path: str,
-    client: Any,
+    client: S3Client,
     bucket: str,
     key: str,
     opts: UploadOptions,
     extras: Mapping[str, bytes],
 ) -> tuple[UploadResult, ZipIndex]:
-    """Save ``module`` into a pipe at ``path`` while a child process uploads what it reads."""
-    from .archive import check_extras
-    from .torchscript import CONTENT_TYPE, save_archive
+    """Run ``save(path)`` with a pipe at ``path`` while a child process uploads what it reads.
 
+    ``save`` raises :class:`~serializer.errors.ArchiveError` when it cannot save."""
     os.mkfifo(path, 0o600)
     config = {
         "fifo": path,
@@ -65,7 +63,7 @@ def save_through_fifo(
         "extra_args": {"ContentType": CONTENT_TYPE, **opts.extra_args},
     }
     child = subprocess.Popen(
-        [sys.executable, "-m", "serializer._fifo_child"],
+        [sys.executable, "-m", "serializer.archive._fifo_child"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=_child_env(client),
@@ -80,7 +78,7 @@ def save_through_fifo(
         hold = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
         try:
             _send(child.stdin, {"go": True})
-            save_archive(module, path, extras)
+            save(path)
             saved: ArchiveError | None = None
         except ArchiveError as exc:
             saved = exc
@@ -92,7 +90,7 @@ def save_through_fifo(
                 _send(child.stdin, {"commit": False})
             cause = f"; uploader: {reply['error']}" if "error" in reply else ""
             raise ArchiveError(f"{saved}{cause}") from saved
-        index = _index_from_json(reply["index"])
+        index = index_from_json(reply["index"])
         try:
             check_extras(index, extras)
         except ArchiveError:
@@ -110,7 +108,7 @@ def save_through_fifo(
         child.stdout.close()
 
 
-def _child_env(client: Any) -> dict[str, str]:
+def _child_env(client: S3Client) -> dict[str, str]:
     """The child's environment: ours, plus the client's resolved credentials (never logged)."""
     env = dict(os.environ)
     creds = getattr(getattr(client, "_request_signer", None), "_credentials", None)
@@ -154,20 +152,3 @@ def _receive(child: subprocess.Popen[str], timeout: float, *, keep_error: bool =
             kind = ObjectExists if message.get("kind") == "ObjectExists" else UploadFailed
             raise kind(message["error"])
         return message
-
-
-def index_to_json(index: ZipIndex) -> dict[str, Any]:
-    """A ZipIndex as JSON-able data."""
-    return {
-        "records": [asdict(r) for r in index.records],
-        "small": {k: v.decode("latin-1") for k, v in index.small.items()},
-        "total": index.total,
-    }
-
-
-def _index_from_json(data: Mapping[str, Any]) -> ZipIndex:
-    return ZipIndex(
-        records=tuple(ZipRecord(**r) for r in data["records"]),
-        small={k: v.encode("latin-1") for k, v in data["small"].items()},
-        total=int(data["total"]),
-    )

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import ArchiveError
+from ..errors import ArchiveError
 
 #: Callables a symbolic expression may use: sympy's ``srepr`` names for numbers, symbols,
 #: arithmetic, relations and logic, and torch's shape functions

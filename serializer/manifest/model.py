@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
-import socket
-import sys
 from datetime import UTC, datetime
-from importlib import metadata
-from typing import Any, Literal
+from typing import Any
 
-from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .archive import ArchiveInfo
-from .errors import InvalidURI, ManifestError
-from .extras import MANIFEST_NAME, ExtraFileInfo, validate_extra_name
-from .retry import error_code, is_transient
-from .s3uri import parse_s3_uri
+from ..archive.extras import MANIFEST_NAME, ExtraFileInfo, validate_extra_name
+from ..archive.info import ArchiveInfo
+from ..errors import InvalidURI, ManifestError
+from ..formats import ARTIFACT_SUFFIX, ARTIFACT_SUFFIXES, DEFAULT_FORMAT, PT2_SUFFIX, Format
+from ..s3.uri import parse_s3_uri
 
 #: Version of the manifest's layout; readers refuse versions newer than they know.
 #: 2 added ``producer.builder``; 3 added the ``pt2`` format (``artifact.format: "pt2"``
@@ -35,12 +30,6 @@ SCHEMA_VERSION = 3
 #: What a TorchScript manifest carries: its layout is version 2's, so readers that know
 #: version 2 keep reading TorchScript manifests; only ``.pt2`` manifests need version 3.
 TORCHSCRIPT_SCHEMA_VERSION = 2
-#: Suffix of a TorchScript artifact's key, replaced by the manifest's suffix to name the manifest.
-ARTIFACT_SUFFIX = ".pt"
-#: Suffix of a ``.pt2`` artifact's key.
-PT2_SUFFIX = ".pt2"
-#: Artifact suffix of each format.
-ARTIFACT_SUFFIXES = {"torchscript": ARTIFACT_SUFFIX, "pt2": PT2_SUFFIX}
 #: Suffix of a manifest's key: ``model.pt`` -> ``model.manifest.json``.
 MANIFEST_SUFFIX = "." + MANIFEST_NAME
 _SHA256 = r"^[0-9a-f]{64}$"
@@ -72,8 +61,8 @@ class ArtifactEntry(_Model):
     uri: str = Field(description="s3:// URI of the archive")
     size: int = Field(ge=0, description="bytes, as stored")
     sha256: str = Field(pattern=_SHA256, description="hex sha256 of the bytes as stored")
-    format: Literal["torchscript", "pt2"] = Field(
-        default="torchscript", description="torchscript (torch.jit.load) or pt2 (torch.export.load)"
+    format: Format = Field(
+        default=DEFAULT_FORMAT, description="torchscript (torch.jit.load) or pt2 (torch.export.load)"
     )
     format_version: int = Field(ge=0, description="the zip's file-format version (its version record)")
     archive_root: str = Field(description="top folder of the zip's records")
@@ -192,25 +181,6 @@ def spec_digest(spec: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(spec)).hexdigest()
 
 
-def current_producer(device: str, builder: str | None = None) -> Producer:
-    """This process as a producer: torch, python and export-worker versions, device, host,
-    and the digest of the builder's source (``builder``), when known."""
-    import torch
-
-    try:
-        version = metadata.version("export-worker")
-    except metadata.PackageNotFoundError:
-        version = "0+unknown"
-    return Producer(
-        torch=torch.__version__,
-        python=platform.python_version(),
-        export_worker=version,
-        device=device,
-        host=socket.gethostname(),
-        builder=builder,
-    )
-
-
 def build_manifest(
     archive: ArchiveInfo,
     *,
@@ -272,54 +242,8 @@ def manifest_uri_for(artifact_uri: str) -> str:
     return f"s3://{uri.bucket}/{uri.key[: -len(suffix)]}{MANIFEST_SUFFIX}"
 
 
-def write_manifest(client: Any, uri: str, manifest: Manifest, *, if_none_match: bool = False) -> None:
-    """Store ``manifest`` at ``uri`` with one PutObject (small; atomic by nature).
-
-    Raises:
-        ObjectExists: ``if_none_match`` is set and a manifest is already there.
-        UploadFailed: the store refused it.
-    """
-    from .multipart import MultipartWriter
-
-    target = parse_s3_uri(uri)
-    with MultipartWriter(
-        client,
-        target.bucket,
-        target.key,
-        if_none_match=if_none_match,
-        extra_args={"ContentType": "application/json"},
-    ) as writer:
-        writer.write(manifest.to_json())
-
-
-def read_manifest(client: Any, uri: str) -> Manifest:
-    """Fetch and validate the manifest at ``uri`` (a manifest's URI or its artifact's).
-
-    Raises:
-        ManifestError: missing, unreadable or invalid.
-        ClientError: a transient store error (5xx, throttling), after botocore's retries.
-    """
-    if artifact_suffix(uri) is not None:
-        uri = manifest_uri_for(uri)
-    target = parse_s3_uri(uri)
-    try:
-        body = client.get_object(Bucket=target.bucket, Key=target.key)["Body"].read()
-    except ClientError as exc:
-        code = error_code(exc)
-        if code in ("NoSuchKey", "NoSuchBucket", "404"):
-            raise ManifestError(f"no manifest at {uri} ({code})") from exc
-        if is_transient(exc):
-            raise  # a store that failed to answer: the caller may try again
-        raise ManifestError(f"cannot read manifest {uri}: {code or exc}") from exc
-    return Manifest.from_json(body)
-
-
 def json_schema() -> dict[str, Any]:
     """The manifest's JSON Schema."""
     schema = Manifest.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
-
-
-if __name__ == "__main__":
-    sys.stdout.write(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,52 @@
+"""Manifests in S3: one PutObject to write, one GET to read and validate."""
+
+from __future__ import annotations
+
+from botocore.exceptions import ClientError
+
+from ..errors import ManifestError
+from ..s3.client import S3Client
+from ..s3.multipart import MultipartWriter
+from ..s3.retry import error_code, is_transient
+from ..s3.uri import parse_s3_uri
+from .model import Manifest, artifact_suffix, manifest_uri_for
+
+
+def write_manifest(client: S3Client, uri: str, manifest: Manifest, *, if_none_match: bool = False) -> None:
+    """Store ``manifest`` at ``uri`` with one PutObject (small; atomic by nature).
+
+    Raises:
+        ObjectExists: ``if_none_match`` is set and a manifest is already there.
+        UploadFailed: the store refused it.
+    """
+    target = parse_s3_uri(uri)
+    with MultipartWriter(
+        client,
+        target.bucket,
+        target.key,
+        if_none_match=if_none_match,
+        extra_args={"ContentType": "application/json"},
+    ) as writer:
+        writer.write(manifest.to_json())
+
+
+def read_manifest(client: S3Client, uri: str) -> Manifest:
+    """Fetch and validate the manifest at ``uri`` (a manifest's URI or its artifact's).
+
+    Raises:
+        ManifestError: missing, unreadable or invalid.
+        ClientError: a transient store error (5xx, throttling), after botocore's retries.
+    """
+    if artifact_suffix(uri) is not None:
+        uri = manifest_uri_for(uri)
+    target = parse_s3_uri(uri)
+    try:
+        body = client.get_object(Bucket=target.bucket, Key=target.key)["Body"].read()
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in ("NoSuchKey", "NoSuchBucket", "404"):
+            raise ManifestError(f"no manifest at {uri} ({code})") from exc
+        if is_transient(exc):
+            raise  # a store that failed to answer: the caller may try again
+        raise ManifestError(f"cannot read manifest {uri}: {code or exc}") from exc
+    return Manifest.from_json(body)

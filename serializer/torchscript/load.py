@@ -1,0 +1,54 @@
+"""Load a stored TorchScript archive back: downloaded to a file, checked, ``torch.jit.load``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from ..errors import ArchiveError
+from ..formats import PT2_SUFFIX
+from ..s3.client import S3Client
+from ..s3.ranged import download_checked
+from ..s3.uri import parse_s3_uri
+from .save import ARCHIVE_FILE, quiet_torchscript_deprecation
+
+
+def load_artifact(
+    client: S3Client,
+    uri: str,
+    *,
+    map_location: str | torch.device | None = "cpu",
+    extra_names: Iterable[str] = (),
+    sha256: str | None = None,
+    size: int | None = None,
+    spool_dir: str | None = None,
+) -> tuple[torch.jit.ScriptModule, dict[str, bytes]]:
+    """Download (to a temporary file, not memory), check and ``torch.jit.load`` an archive.
+
+    ``torch.jit.load`` puts every module on the CPU unless ``map_location`` says otherwise,
+    whatever device it was saved from.
+
+    Returns:
+        The module and the requested extra files' bytes.
+
+    Raises:
+        ArchiveError: digest mismatch, or torch could not load it.
+    """
+    if parse_s3_uri(uri).key.endswith(PT2_SUFFIX):
+        raise ArchiveError(
+            f"{uri} is a .pt2 archive, not TorchScript: load it with open_artifact or serializer.pt2.load_pt2_artifact"
+        )
+    with tempfile.TemporaryDirectory(prefix="export-worker-load-", dir=spool_dir) as tmp:
+        path = os.path.join(tmp, ARCHIVE_FILE)
+        download_checked(client, uri, path, sha256=sha256, size=size)
+        extras: dict[str, Any] = dict.fromkeys(extra_names, "")
+        try:
+            with quiet_torchscript_deprecation():
+                module = torch.jit.load(path, map_location=map_location, _extra_files=extras)  # type: ignore[no-untyped-call]
+        except RuntimeError as exc:
+            raise ArchiveError(f"torch.jit.load of {uri} failed: {exc}") from exc
+    return module, {k: v if isinstance(v, bytes) else str(v).encode() for k, v in extras.items()}
