@@ -33,14 +33,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from serializer.formats import FORMATS, Format
 from serializer.manifest.model import canonical_json
 from serializer.s3.client import S3Client
 from serializer.s3.uri import parse_s3_uri
 
 from .errors import ExportError, SpecError
 from .selection import Decision, Planner, is_catalog, iter_candidates
-from .settings import Policy, Settings
-from .spec import FORMATS, Format
+from .settings import POLICIES, Policy, Settings
 
 log = logging.getLogger(__name__)
 
@@ -536,9 +536,10 @@ def new_policy(value: str) -> Policy:
     Raises:
         SpecError: not one of the policies.
     """
-    if value not in ("if-stale", "always", "missing"):
-        raise SpecError(f"policy must be 'if-stale', 'always' or 'missing', got {value!r}")
-    return value  # type: ignore[return-value]
+    if value not in POLICIES:
+        named = ", ".join(repr(p) for p in POLICIES[:-1]) + f" or {POLICIES[-1]!r}"
+        raise SpecError(f"policy must be {named}, got {value!r}")
+    return value
 
 
 def dry_run(

@@ -21,9 +21,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
 from serializer.errors import SerializerError
+from serializer.formats import FORMATS
 from serializer.s3.client import S3Client
 
 from .errors import ExportError
+from .settings import POLICIES
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -60,9 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     demo = sub.add_parser("demo", help="run the whole service on an embedded default and export an example")
     demo.add_argument("--bucket", default="export-demo", help="bucket to write to (created if missing)")
-    demo.add_argument(
-        "--format", choices=("torchscript", "pt2"), default="torchscript", help="archive format of the example export"
-    )
+    demo.add_argument("--format", choices=FORMATS, default="torchscript", help="archive format of the example export")
 
     submit = sub.add_parser("submit", help="validate a spec and enqueue its export")
     submit.add_argument("spec", help="spec JSON file, or - for standard input")
@@ -90,10 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     reexport = sub.add_parser("reexport", help="re-export what a policy picks under a prefix or from a catalog")
     reexport.add_argument("source", help="s3://bucket/prefix of exports, or a catalog of specs (.jsonl, .yaml)")
-    reexport.add_argument("--policy", choices=("if-stale", "always", "missing"), default="if-stale")
+    reexport.add_argument("--policy", choices=POLICIES, default=POLICIES[0])
     reexport.add_argument(
         "--to-format",
-        choices=("torchscript", "pt2"),
+        choices=FORMATS,
         default=None,
         help="convert every spec to this format (pt2: a .pt2 export next to each TorchScript one)",
     )

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 
 from serializer.errors import InvalidURI, ManifestError, SerializerError
+from serializer.formats import FORMATS, Format
 from serializer.manifest.model import MANIFEST_SUFFIX, Manifest
 from serializer.manifest.store import read_manifest
 from serializer.s3.client import S3Client
@@ -42,7 +43,7 @@ from serializer.s3.uri import parse_s3_uri
 
 from .errors import ExportError, SpecError
 from .settings import JSONL_SUFFIXES, YAML_SUFFIXES, Policy, Settings
-from .spec import FORMATS, ExportSpec, Format, parse_spec
+from .spec import ExportSpec, parse_spec
 
 log = logging.getLogger(__name__)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from serializer.s3.parts import MIN_PART_SIZE, parse_size
+from serializer.formats import Format
+from serializer.s3.parts import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE, MIN_PART_SIZE, parse_size
 
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 
@@ -25,7 +26,11 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 YAML_SUFFIXES = (".yaml", ".yml")
 
 #: What a bulk re-export redoes (see worker/selection.py).
+#: What a bulk re-export does with an export that exists: ``if-stale`` redoes it where its
+#: producer differs from this worker, ``always`` redoes every one, ``missing`` only absent ones.
 Policy = Literal["if-stale", "always", "missing"]
+#: Every policy, the default first.
+POLICIES: tuple[Policy, ...] = get_args(Policy)
 
 
 class ScheduleEntry(BaseModel):
@@ -35,7 +40,7 @@ class ScheduleEntry(BaseModel):
 
     source: str = Field(description="s3://bucket/prefix of manifests, or a catalog (.jsonl/.yaml) on S3 or disk")
     policy: Policy = "if-stale"
-    to_format: Literal["torchscript", "pt2"] | None = Field(
+    to_format: Format | None = Field(
         default=None, description="convert every spec to this format (pt2: TorchScript exports get a .pt2 next to them)"
     )
     cron: str | None = Field(default=None, description="crontab expression: minute hour day-of-month month day-of-week")
@@ -118,9 +123,11 @@ class Settings(BaseSettings):
         description="comma-separated module prefixes a spec's builder may be imported from",
     )
     part_size: ByteSize = Field(
-        default=8 * 1024**2, ge=MIN_PART_SIZE, description="multipart part size (bytes, or e.g. 8MiB)"
+        default=DEFAULT_PART_SIZE, ge=MIN_PART_SIZE, description="multipart part size (bytes, or e.g. 8MiB)"
     )
-    max_in_flight: int = Field(default=4, ge=1, le=64, description="parts uploading at once per export")
+    max_in_flight: int = Field(
+        default=DEFAULT_MAX_IN_FLIGHT, ge=1, le=64, description="parts uploading at once per export"
+    )
     upload_strategy: Literal["spool", "fifo"] = Field(
         default="spool", description="how archive bytes reach the uploader (docs/benchmarks.md)"
     )

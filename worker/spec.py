@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from serializer.archive.extras import decode_base64, validate_extra_name
+from serializer.formats import DEFAULT_FORMAT, Format
 from serializer.manifest.model import canonical_json, spec_digest
 from serializer.s3.uri import parse_s3_uri
 
@@ -129,12 +130,9 @@ class ExtraURI(_Strict):
 
 ExtraSource = str | ExtraText | ExtraBase64 | ExtraURI
 
-#: Archive formats: TorchScript (``torch.jit``) and ``.pt2`` (``torch.export``).
-Format = Literal["torchscript", "pt2"]
-FORMATS: tuple[Format, ...] = ("torchscript", "pt2")
 #: Spec fields added after the first release, left out of the spec's JSON (and so of its
 #: hash and keys) while they hold their default: every earlier spec keeps its hash.
-_OMITTED_AT_DEFAULT = {"format": "torchscript", "dynamic_shapes": None}
+_OMITTED_AT_DEFAULT = {"format": DEFAULT_FORMAT, "dynamic_shapes": None}
 _DIM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
@@ -183,7 +181,7 @@ class ExportSpec(_Strict):
     atol: float = Field(default=1e-5, ge=0, description="absolute tolerance of the verification")
     rtol: float = Field(default=1e-4, ge=0, description="relative tolerance of the verification")
     seed: int = Field(default=0, ge=0, lt=2**63, description="seed of synthesized example inputs")
-    format: Format = Field(default="torchscript", description="archive format: torchscript or pt2 (torch.export)")
+    format: Format = Field(default=DEFAULT_FORMAT, description="archive format: torchscript or pt2 (torch.export)")
     dynamic_shapes: list[InputDims | None] | None = Field(
         default=None, description="pt2 only: per example input, its dynamic dimensions"
     )

@@ -17,18 +17,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..errors import ObjectExists, UploadFailed
 from ._body import MemoryBody
 from .client import S3Client
-from .parts import MAX_PARTS, base_part_size, part_size_for
+from .parts import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE, MAX_PARTS, base_part_size, part_size_for
 from .retry import RetryPolicy, error_code, http_status, is_transient
 
 log = logging.getLogger(__name__)
 
 ChecksumAlgorithm = Literal["CRC32", "CRC32C", "SHA256", "CRC64NVME"]
 
-#: Default part size: large enough that 1 GiB is 128 requests, small enough that the
-#: memory bound stays in the tens of MiB (see docs/benchmarks.md).
-DEFAULT_PART_SIZE = 8 * 1024**2
-#: Default parts in flight: saturates a local S3 endpoint on two cores (docs/benchmarks.md).
-DEFAULT_MAX_IN_FLIGHT = 4
 #: Times Complete is retried when the store answers NoSuchUpload (some S3-compatible
 #: stores briefly lose track of fresh upload ids).
 NO_SUCH_UPLOAD_RETRIES = 3

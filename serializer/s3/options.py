@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .multipart import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE, ChecksumAlgorithm
+from .multipart import ChecksumAlgorithm
+from .parts import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,11 @@ from __future__ import annotations
 import math
 import re
 
+#: Default part size: large enough that 1 GiB is 128 requests, small enough that the
+#: memory bound stays in the tens of MiB (see docs/benchmarks.md).
+DEFAULT_PART_SIZE = 8 * 1024**2
+#: Default parts in flight: saturates a local S3 endpoint on two cores (docs/benchmarks.md).
+DEFAULT_MAX_IN_FLIGHT = 4
 #: S3's smallest part (every part but the last must be at least this big).
 MIN_PART_SIZE = 5 * 1024**2
 #: S3's largest part.
