@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .archive.info import ArchiveInfo
     from .consumer.compare import compare_outputs
-    from .consumer.compat import Compatibility, check_compatibility
+    from .consumer.compat import Compatibility, check_compatibility, local_reader
     from .consumer.extras import read_extra_file
     from .consumer.open import open_artifact, read_manifest_checked
     from .consumer.verify import VerifyReport, verify_artifact
@@ -80,6 +80,7 @@ _SOURCES = {
     "load_pt2_file": ".pt2.load",
     "Compatibility": ".consumer.compat",
     "check_compatibility": ".consumer.compat",
+    "local_reader": ".consumer.compat",
     "compare_outputs": ".consumer.compare",
     "read_extra_file": ".consumer.extras",
     "open_artifact": ".consumer.open",
@@ -116,6 +117,7 @@ __all__ = [
     "load_artifact",
     "load_pt2_artifact",
     "load_pt2_file",
+    "local_reader",
     "make_s3_client",
     "manifest_uri_for",
     "open_artifact",

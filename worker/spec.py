@@ -1,4 +1,4 @@
-"""The export spec: exactly the CONTRACT fields, validated before sending and on the worker."""
+"""The export spec: exactly the fields of docs/contract.md, validated before sending and on the worker."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ InputDims = dict[str, DimSpec | Literal["auto"]]
 
 
 class ExportSpec(_Strict):
-    """What to export, where to: the CONTRACT's spec, plus tolerances and a seed."""
+    """What to export, where to: the spec of docs/contract.md, plus tolerances and a seed."""
 
     name: Name
     builder: str

@@ -36,6 +36,7 @@ EXPORTED = [
     "load_artifact",
     "load_pt2_artifact",
     "load_pt2_file",
+    "local_reader",
     "make_s3_client",
     "manifest_uri_for",
     "open_artifact",
