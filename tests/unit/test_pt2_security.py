@@ -23,7 +23,6 @@ import torch
 
 from serializer.errors import ArchiveError
 from serializer.pt2.check import check_pt2_payloads
-from serializer.pt2.export import export_pt2
 from serializer.pt2.load import _weights_only_loads, load_pt2_file
 
 Entries = list[tuple[str, bytes]]
@@ -226,24 +225,6 @@ def test_a_cuda_program_is_refused_on_a_host_without_cuda(good: Path, tmp_path: 
     path = _rewrite(good, tmp_path / "cuda.pt2", to_cuda)
     with pytest.raises(ArchiveError, match=r"exported on CUDA.*no CUDA"):
         check_pt2_payloads(str(path))
-
-
-def test_a_program_with_tensor_subclass_weights_is_refused_before_anything_is_written(s3: Any, bucket: str) -> None:
-    from torch.testing._internal.two_tensor import TwoTensor
-
-    class Sub(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.weight = torch.nn.Parameter(TwoTensor(torch.ones(3), torch.ones(3)))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out: torch.Tensor = x * self.weight
-            return out
-
-    program = torch.export.export(Sub(), (torch.ones(3),))
-    with pytest.raises(ArchiveError, match=r"pickles \(weight"):
-        export_pt2(program, f"s3://{bucket}/m/model.pt2", client=s3)
-    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
 
 
 def _program_json(change: Callable[[dict[str, Any]], None]) -> Callable[[Entries], Entries]:
