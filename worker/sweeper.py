@@ -25,27 +25,14 @@ from datetime import UTC, datetime, timedelta
 
 from botocore.exceptions import ClientError
 
-from serializer.formats import ARTIFACT_SUFFIXES
-from serializer.manifest.model import MANIFEST_SUFFIX, artifact_suffix
+from serializer.manifest.model import MANIFEST_SUFFIX
 from serializer.s3.client import S3Client
 from serializer.s3.retry import error_code
 from serializer.s3.uri import parse_s3_uri
 
+from .keys import is_archive_key, is_staging_key, manifest_key_of
+
 log = logging.getLogger(__name__)
-
-#: The last key segment of every archive the service writes (worker.job.export_keys), per format.
-ARTIFACT_NAMES = tuple("model" + suffix for suffix in ARTIFACT_SUFFIXES.values())
-#: Marks a replacement's staging object (see worker/job.py).
-STAGING_MARKS = tuple(name + ".staging-" for name in ARTIFACT_NAMES)
-
-
-def _ours(key: str) -> tuple[bool, bool]:
-    """(staging object, archive) for keys in the service's layout
-    ``.../{name}/{hash16}/torch-{version}/model.pt[2][.staging-*]``; other objects are never touched."""
-    parts = key.rsplit("/", 2)
-    if len(parts) < 3 or not parts[1].startswith("torch-"):
-        return False, False
-    return parts[2].startswith(STAGING_MARKS), parts[2] in ARTIFACT_NAMES
 
 
 @dataclass
@@ -116,9 +103,9 @@ def _sweep_objects(
             if key.endswith(MANIFEST_SUFFIX):
                 last_manifest = key
                 continue
-            staging, archive = _ours(key)
-            suffix = artifact_suffix(key) or ""
-            orphan = archive and last_manifest != key[: -len(suffix)] + MANIFEST_SUFFIX
+            # Only keys in the service's layout (worker.keys); other objects are never touched.
+            staging = is_staging_key(key)
+            orphan = is_archive_key(key) and last_manifest != manifest_key_of(key)
             if not (staging or orphan):
                 continue
             if item["LastModified"] >= cutoff:
