@@ -388,7 +388,7 @@ def throughput_table(result: dict[str, Any]) -> str:
 def _template_manifest(client: Any, bucket: str) -> dict[str, Any]:
     """The manifest of one real export (in this process), as JSON data."""
     from serializer.manifest.store import read_manifest
-    from worker.job import run_export
+    from worker.export import run_export
     from worker.settings import Settings
     from worker.spec import parse_spec
 
@@ -402,7 +402,7 @@ def _put_listing(client: Any, bucket: str, n: int, template: dict[str, Any]) -> 
     import torch
 
     from serializer.manifest.model import Manifest, canonical_json
-    from worker.job import export_keys
+    from worker.keys import export_keys
     from worker.spec import parse_spec
 
     def body(i: int) -> tuple[str, bytes]:

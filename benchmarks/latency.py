@@ -61,7 +61,7 @@ def main() -> int:
         os.environ.update(env)
         from serializer.s3.client import make_s3_client
         from worker.celery import app
-        from worker.job import run_export
+        from worker.export import run_export
         from worker.settings import Settings
         from worker.spec import parse_spec
         from worker.tasks import export_model

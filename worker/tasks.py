@@ -21,7 +21,8 @@ from serializer.s3.retry import is_transient
 from . import bulk, metrics
 from .celery import app
 from .errors import ExportError
-from .job import Stage, export_keys, run_export
+from .export import Stage, run_export
+from .keys import export_keys
 from .selection import Planner, check_source
 from .settings import Settings
 from .spec import ExportSpec, parse_spec

@@ -16,7 +16,8 @@ from serializer.s3.uri import parse_s3_uri
 from tests.conftest import object_keys, open_uploads
 from worker import bulk
 from worker.errors import SpecError
-from worker.job import export_keys, run_export
+from worker.export import run_export
+from worker.keys import export_keys
 from worker.selection import Candidate, Planner, iter_candidates
 from worker.settings import Settings
 from worker.spec import ExportSpec, parse_spec

@@ -19,10 +19,10 @@ from serializer.manifest.store import read_manifest
 from serializer.producer import current_producer
 from serializer.s3.uri import parse_s3_uri
 from tests.conftest import object_keys, open_uploads
-from worker import job
 from worker.builders import builder_digest
 from worker.errors import BuildFailed, VerificationFailed
-from worker.job import run_export
+from worker.export import capture, job, publish, run_export
+from worker.export import verify as export_verify
 from worker.settings import Settings
 from worker.spec import ExportSpec, parse_spec
 
@@ -178,7 +178,7 @@ def failing_verification(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, byt
         seen.append((info.uri, read(client, artifact) if STAGING in info.uri else None))
         return Verification(passed=False, max_abs_diff=1.0, max_rel_diff=1.0, atol=atol, rtol=rtol)
 
-    monkeypatch.setattr(job, "verify_archive", verify)
+    monkeypatch.setattr(export_verify, "verify_archive", verify)
     return seen
 
 
@@ -226,7 +226,7 @@ def test_failed_build_of_a_replacement_keeps_the_old_export(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise BuildFailed("the builder broke")
 
-    monkeypatch.setattr(job, "build_module", broken)
+    monkeypatch.setattr(capture, "build_module", broken)
     with pytest.raises(BuildFailed, match="broke"):
         run_export(spec, settings=settings(), client=s3, replace=True)
     assert_untouched(s3, bucket, first, before)
@@ -282,12 +282,12 @@ def test_a_manifest_write_failing_after_the_copy_leaves_no_wrong_manifest_and_a_
 ) -> None:
     spec = tiny(bucket)
     first = run_export(spec, settings=settings(), client=s3)
-    real_write = job.write_manifest
+    real_write = publish.write_manifest
 
     def failing_write(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("store went away")
 
-    monkeypatch.setattr(job, "write_manifest", failing_write)
+    monkeypatch.setattr(publish, "write_manifest", failing_write)
     with pytest.raises(ConnectionError):
         run_export(spec, settings=settings(), client=s3, replace=True)
     # The new archive was copied over the old one; the old manifest, now wrong, is gone.
@@ -295,7 +295,7 @@ def test_a_manifest_write_failing_after_the_copy_leaves_no_wrong_manifest_and_a_
     assert open_uploads(s3, bucket) == []
 
     # The retry finds an archive without a manifest and replaces it the same way.
-    monkeypatch.setattr(job, "write_manifest", real_write)
+    monkeypatch.setattr(publish, "write_manifest", real_write)
     again = run_export(spec, settings=settings(), client=s3, replace=True)
     assert again["skipped"] is False
     manifest = read_manifest(s3, again["manifest_uri"])

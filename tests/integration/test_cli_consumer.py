@@ -19,7 +19,7 @@ from serializer.manifest.model import MANIFEST_SUFFIX
 from serializer.manifest.store import read_manifest
 from serializer.s3.client import make_s3_client
 from worker.cli import list_manifests
-from worker.job import run_export
+from worker.export import run_export
 from worker.settings import Settings
 from worker.spec import parse_spec
 

@@ -42,7 +42,7 @@ from serializer.s3.client import make_s3_client
 from serializer.s3.uri import parse_s3_uri
 from tests.faultproxy import ProxyHandle, classify, fault_proxy
 from tests.fixtures import ALL_BYTES, TinyLinear, load_archive
-from worker.job import export_keys
+from worker.keys import export_keys
 from worker.spec import parse_spec
 
 from .services import client_app, db_url, running_worker, tail, worker_env

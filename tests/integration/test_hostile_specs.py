@@ -1025,7 +1025,7 @@ LIMIT = 1024
 
 
 def _run_with_limit(s3: Any, bucket: str, extra_files: dict[str, Any], limit: int = LIMIT) -> dict[str, Any]:
-    from worker.job import run_export
+    from worker.export import run_export
     from worker.settings import Settings
 
     settings = Settings(max_extra_file_bytes=limit, allowed_builders=("tests.fixtures",))

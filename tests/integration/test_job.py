@@ -14,9 +14,8 @@ from serializer.manifest.store import read_manifest
 from serializer.torchscript.load import load_artifact
 from tests.conftest import object_keys, open_uploads
 from tests.fixtures import TinyLinear
-from worker import job
 from worker.errors import VerificationFailed
-from worker.job import Stage, run_export
+from worker.export import Stage, run_export, verify
 from worker.settings import Settings
 from worker.spec import parse_spec
 
@@ -52,7 +51,7 @@ def outputs_differ(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         calls.append((expected, actual))
         return False, 1.0, 1.0
 
-    monkeypatch.setattr(job, "compare_outputs", compare)
+    monkeypatch.setattr(verify, "compare_outputs", compare)
     return calls
 
 

@@ -25,7 +25,7 @@ from serializer.s3.ranged import download_checked, iter_object, read_checked
 from serializer.torchscript.export import export_torchscript
 from serializer.torchscript.load import load_artifact
 from tests.fixtures import ALL_BYTES, ParamBlob, randbytes, scripted
-from worker.job import run_export
+from worker.export import run_export
 from worker.settings import Settings
 from worker.spec import parse_spec
 

@@ -404,7 +404,7 @@ def test_bulk_reexport_missing_then_if_stale_then_always(service: Service, seawe
 def test_a_replaced_exports_manifest_holds_the_etag_head_gives(
     seaweed: SeaweedFS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.job import run_export
+    from worker.export import run_export
     from worker.settings import Settings
     from worker.spec import parse_spec
 

@@ -201,7 +201,7 @@ def test_every_problem_is_named_at_once() -> None:
 
 def test_reserved_build_record_folder_is_refused_by_the_job() -> None:
     # Refused when the job resolves extra files (no S3 access is needed to refuse it).
-    from worker.job import resolve_extra_files
+    from worker.export import resolve_extra_files
 
     spec = parse_spec(with_(extra_files={"export_worker/build.json": "{}"}))
     with pytest.raises(SpecError, match="export_worker"):
