@@ -62,7 +62,7 @@ def moto_process_endpoint() -> Iterator[str]:
     The ``fifo`` export path blocks its process's interpreter for the whole save, so the
     store it uploads to must not live in the test process.
     """
-    from worker.local_services import moto_server
+    from worker.cli.demo_services import moto_server
 
     with moto_server() as url:
         yield url

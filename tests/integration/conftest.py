@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from worker.local_services import celery_worker as celery_worker_process
-from worker.local_services import free_port, stop_process
+from worker.cli.demo_services import celery_worker as celery_worker_process
+from worker.cli.demo_services import free_port, stop_process
 
 #: The repository root: the worker's working directory, so ``tests.fixtures`` imports there.
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from worker.local_services import celery_worker as celery_worker_process
+from worker.cli.demo_services import celery_worker as celery_worker_process
 
 from .conftest import ALLOWED_BUILDERS, ROOT, TEST_ENV
 

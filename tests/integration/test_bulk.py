@@ -22,8 +22,8 @@ import pytest
 
 from serializer.s3.client import make_s3_client
 from worker.bulk import PREFIX, BulkRun, RunKeys
+from worker.cli.demo_services import stop_process
 from worker.errors import ExportError
-from worker.local_services import stop_process
 from worker.settings import Settings
 
 from .conftest import ROOT

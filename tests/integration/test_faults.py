@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from serializer.s3.client import make_s3_client
-from worker.local_services import free_port, stop_process
+from worker.cli.demo_services import free_port, stop_process
 
 from .services import client_app, db_url, running_worker, tail, worker_env
 

@@ -796,7 +796,7 @@ def lone_worker(
     from celery import Celery
 
     from tests.integration.conftest import ROOT, TEST_ENV
-    from worker.local_services import celery_worker as celery_worker_process
+    from worker.cli.demo_services import celery_worker as celery_worker_process
 
     url = f"{redis_server.rsplit('/', 1)[0]}/{LONE_DB}"
     spool, shared = tmp_path / "spool", tmp_path / "shared"

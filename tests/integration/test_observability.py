@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from serializer.s3.client import make_s3_client
-from worker.local_services import free_port
+from worker.cli.demo_services import free_port
 
 from .services import client_app, db_url, running_worker, worker_env
 

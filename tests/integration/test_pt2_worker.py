@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from serializer.s3.client import make_s3_client
-from worker.local_services import celery_worker as celery_worker_process
+from worker.cli.demo_services import celery_worker as celery_worker_process
 
 from .conftest import ROOT
 from .services import ServiceWorld

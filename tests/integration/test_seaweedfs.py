@@ -45,6 +45,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from devtools.seaweedfs import weed_binary, weed_grpc_sockets, weed_mini_command, weed_ports
 from serializer.consumer.extras import read_extra_file
 from serializer.consumer.verify import verify_artifact
 from serializer.errors import ObjectExists
@@ -54,7 +55,6 @@ from serializer.s3.multipart import MultipartWriter
 from serializer.s3.parts import MIN_PART_SIZE, base_part_size
 from tests.conftest import object_keys, open_uploads
 from tests.fixtures import ALL_BYTES, load_archive, randbytes
-from worker.local_services import weed_binary, weed_grpc_sockets, weed_mini_command, weed_ports
 
 from .conftest import ROOT, TEST_ENV
 from .services import client_app, db_url, running_worker, tail, worker_env

