@@ -17,6 +17,14 @@ os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_ENDPOINT_URL_S3", None)
 
 
+@pytest.fixture()
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No EXPORT_ / CELERY_ setting from the caller's shell (a report prefix, an allow-list)."""
+    for name in list(os.environ):
+        if name.startswith(("EXPORT_", "CELERY_")):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """URL of a moto S3 server on a free loopback port, shared by the session."""

@@ -9,11 +9,18 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 import torch
 from torch import nn
+from torch._export.serde.schema import SCHEMA_VERSION as EXPORT_SCHEMA
 
+from serializer.archive.extras import ExtraFileInfo, sha256_hex
+from serializer.archive.info import ArchiveInfo
+from serializer.manifest.model import Manifest, Producer, build_manifest, canonical_json
 from serializer.torchscript.save import quiet_torchscript_deprecation
+from worker.settings import Settings
 
 #: Every byte value once, in order: extra-file contents that text handling would damage.
 ALL_BYTES = bytes(range(256))
@@ -183,3 +190,88 @@ def slow_linear(seconds: float = 1.0, in_features: int = 4, out_features: int = 
 
     time.sleep(seconds)
     return TinyLinear(in_features, out_features, seed)
+
+
+# -- manifests -------------------------------------------------------------------------------
+
+
+#: The fixed creation time of :func:`make_manifest`'s manifests.
+CREATED = datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)
+
+
+def fake_archive(bucket: str = "models-bucket", key: str = "team/resnet/model.pt") -> ArchiveInfo:
+    """An :class:`ArchiveInfo` of a three-part TorchScript archive with three extra files."""
+    extras = {"config/model.json": b'{"layers": 50}', "labels.txt": "chat\nchién\n".encode(), "empty": b""}
+    offsets = {"config/model.json": 64, "empty": 200, "labels.txt": 300}
+    return ArchiveInfo(
+        uri=f"s3://{bucket}/{key}",
+        size=12_345_678,
+        sha256=sha256_hex(b"the archive"),
+        etag='"0123456789abcdef0123456789abcdef-3"',
+        format_version=3,
+        archive_root="archive",
+        extra_files=tuple(
+            ExtraFileInfo(name=n, size=len(c), sha256=sha256_hex(c), offset=offsets[n])
+            for n, c in sorted(extras.items())
+        ),
+        version_id=None,
+    )
+
+
+#: The producer and spec :func:`make_manifest` records.
+PRODUCER = Producer(torch="2.13.0", python="3.11.9", export_worker="0.1.0", device="cpu", host="test-host")
+SPEC = {"model": "resnet50", "batch": 4, "dtype": "float32", "options": {"strict": True, "tags": ["a", "b"]}}
+
+
+def make_manifest(archive: ArchiveInfo | None = None, **kwargs: Any) -> Manifest:
+    """A manifest of ``archive`` (default :func:`fake_archive`) with fixed spec, producer and time;
+    ``kwargs`` override :func:`build_manifest`'s arguments."""
+    args: dict[str, Any] = {
+        "spec": SPEC,
+        "spec_hash": sha256_hex(canonical_json(SPEC)),
+        "producer": PRODUCER,
+        "created_at": CREATED,
+    }
+    args.update(kwargs)
+    return build_manifest(archive or fake_archive(), **args)
+
+
+# -- worker settings -------------------------------------------------------------------------
+
+
+#: The builder allow-list of :func:`settings`.
+ALLOWED = ("worker.examples",)
+
+
+def settings(**changes: Any) -> Settings:
+    """Worker settings that allow the bundled example builders, with ``changes`` applied."""
+    return Settings(allowed_builders=ALLOWED, **changes)
+
+
+# -- .pt2 exports -------------------------------------------------------------------------------
+
+
+#: The export schema version this torch writes, (major, minor).
+SCHEMA = (int(EXPORT_SCHEMA[0]), int(EXPORT_SCHEMA[1]))
+#: Text extra files as ``export_pt2`` takes them (str or UTF-8 bytes), and their bytes as stored.
+EXTRAS: dict[str, str | bytes] = {
+    "labels.txt": "chat\nchién\n✓ 🙂\n",
+    "docs/README.md": "# tiny\r\nCRLF kept as is\r\n",
+    "config.json": b'{"classes": 3}',
+    "empty.txt": "",
+}
+EXTRA_BYTES = {name: v.encode() if isinstance(v, str) else v for name, v in EXTRAS.items()}
+
+
+def pt2_spec_data(**changes: Any) -> dict[str, Any]:
+    """The data of a pt2 export spec of the example classifier; a change to ``...`` drops that field."""
+    data = {
+        "name": "tiny",
+        "builder": "worker.examples:tiny_classifier",
+        "kwargs": {"in_features": 8, "hidden": 4, "classes": 2},
+        "example_inputs": [{"shape": [2, 8], "dtype": "float32"}],
+        "destination": "s3://models/prod",
+        "format": "pt2",
+        **changes,
+    }
+    return {k: v for k, v in data.items() if v is not ...}

@@ -15,10 +15,10 @@ from serializer.pt2.versions import archive_version, export_schema_version
 from serializer.s3.uri import parse_s3_uri
 from tests.conftest import object_keys, open_uploads
 from worker import bulk
+from worker.bulk import Candidate, Planner, iter_candidates
 from worker.errors import SpecError
 from worker.export import run_export
 from worker.keys import export_keys
-from worker.selection import Candidate, Planner, iter_candidates
 from worker.settings import Settings
 from worker.spec import ExportSpec, parse_spec
 from worker.sweeper import sweep

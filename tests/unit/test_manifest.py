@@ -1,5 +1,4 @@
-"""The manifest: building it, canonical JSON, strict reading, its URI, its committed JSON Schema,
-and storing it in S3 (a moto server)."""
+"""The manifest: building it, canonical JSON, strict reading, its URI, its committed JSON Schema."""
 
 from __future__ import annotations
 
@@ -12,60 +11,22 @@ from typing import Any
 
 import pytest
 
-from serializer.archive.extras import ExtraFileInfo, sha256_hex
-from serializer.archive.info import ArchiveInfo
-from serializer.errors import InvalidURI, ManifestError, ObjectExists
+from serializer.errors import InvalidURI, ManifestError
 from serializer.manifest.model import (
     SCHEMA_VERSION,
     TORCHSCRIPT_SCHEMA_VERSION,
     Manifest,
-    Producer,
     Verification,
     build_manifest,
     canonical_json,
     json_schema,
     manifest_uri_for,
 )
-from serializer.manifest.store import read_manifest, write_manifest
 from serializer.producer import current_producer
-from tests.conftest import object_keys
+from tests.fixtures import CREATED, PRODUCER, SPEC, fake_archive, make_manifest
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "manifest.schema.json"
 REGENERATE = "python -m serializer.manifest > schemas/manifest.schema.json"
-CREATED = datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)
-
-
-def fake_archive(bucket: str = "models-bucket", key: str = "team/resnet/model.pt") -> ArchiveInfo:
-    extras = {"config/model.json": b'{"layers": 50}', "labels.txt": "chat\nchién\n".encode(), "empty": b""}
-    offsets = {"config/model.json": 64, "empty": 200, "labels.txt": 300}
-    return ArchiveInfo(
-        uri=f"s3://{bucket}/{key}",
-        size=12_345_678,
-        sha256=sha256_hex(b"the archive"),
-        etag='"0123456789abcdef0123456789abcdef-3"',
-        format_version=3,
-        archive_root="archive",
-        extra_files=tuple(
-            ExtraFileInfo(name=n, size=len(c), sha256=sha256_hex(c), offset=offsets[n])
-            for n, c in sorted(extras.items())
-        ),
-        version_id=None,
-    )
-
-
-PRODUCER = Producer(torch="2.13.0", python="3.11.9", export_worker="0.1.0", device="cpu", host="test-host")
-SPEC = {"model": "resnet50", "batch": 4, "dtype": "float32", "options": {"strict": True, "tags": ["a", "b"]}}
-
-
-def make_manifest(archive: ArchiveInfo | None = None, **kwargs: Any) -> Manifest:
-    args: dict[str, Any] = {
-        "spec": SPEC,
-        "spec_hash": sha256_hex(canonical_json(SPEC)),
-        "producer": PRODUCER,
-        "created_at": CREATED,
-    }
-    args.update(kwargs)
-    return build_manifest(archive or fake_archive(), **args)
 
 
 def assert_sorted_keys(value: Any) -> None:
@@ -320,44 +281,3 @@ def test_committed_schema_validates_a_manifest() -> None:
     bad_digest = _doc()
     bad_digest["artifact"]["sha256"] = "ABC"
     assert not validator.is_valid(bad_digest)
-
-
-# -- S3 -----------------------------------------------------------------------------------
-
-
-def test_write_and_read_manifest(s3: Any, bucket: str) -> None:
-    artifact = f"s3://{bucket}/team/model.pt"
-    uri = manifest_uri_for(artifact)
-    m = make_manifest(fake_archive(bucket, "team/model.pt"))
-    write_manifest(s3, uri, m)
-    assert object_keys(s3, bucket) == ["team/model.manifest.json"]
-    obj = s3.get_object(Bucket=bucket, Key="team/model.manifest.json")
-    assert obj["ContentType"] == "application/json"
-    assert obj["Body"].read() == m.to_json()
-    assert read_manifest(s3, uri) == m
-    assert read_manifest(s3, artifact) == m  # the artifact's URI finds its manifest
-
-
-def test_write_manifest_if_none_match(s3: Any, bucket: str) -> None:
-    uri = f"s3://{bucket}/model.manifest.json"
-    first = make_manifest()
-    write_manifest(s3, uri, first, if_none_match=True)
-    second = make_manifest(created_at=CREATED + timedelta(days=1))
-    with pytest.raises(ObjectExists):
-        write_manifest(s3, uri, second, if_none_match=True)
-    assert read_manifest(s3, uri) == first
-    write_manifest(s3, uri, second)  # an unconditional write replaces it
-    assert read_manifest(s3, uri) == second
-
-
-def test_read_manifest_of_a_missing_key(s3: Any, bucket: str) -> None:
-    with pytest.raises(ManifestError, match="no manifest at"):
-        read_manifest(s3, f"s3://{bucket}/absent.manifest.json")
-    with pytest.raises(ManifestError, match=r"absent\.manifest\.json"):
-        read_manifest(s3, f"s3://{bucket}/absent.pt")
-
-
-def test_read_manifest_that_is_not_valid(s3: Any, bucket: str) -> None:
-    s3.put_object(Bucket=bucket, Key="broken.manifest.json", Body=b"{half")
-    with pytest.raises(ManifestError, match="not JSON"):
-        read_manifest(s3, f"s3://{bucket}/broken.manifest.json")
