@@ -67,69 +67,14 @@ def check_pt2_payloads(path: str, *, source: str | None = None) -> None:
     """
     where = source or path
     try:
-        with zipfile.ZipFile(path) as zf:
-            names = [info.filename for info in zf.infolist()]
-        if len(set(names)) != len(names):
-            raise _refuse(where, "the zip names a record twice")
-        roots = {name.partition("/")[0] for name in names}
-        if len(roots) != 1:
-            raise _refuse(where, f"records under {len(roots)} root folders")
-        listed = {name.partition("/")[2] for name in names}
-        try:
-            reader = torch._C.PyTorchFileReader(path)
-            seen = set(reader.get_all_records())
-        except RuntimeError as exc:
-            raise ArchiveError(f"{where}: torch cannot read it as a zip: {exc}") from exc
-        if seen != listed:
-            differ = sorted(seen ^ listed)[:3]
-            raise _refuse(where, f"torch's reader and Python's see different records ({', '.join(differ)})")
-
-        def read(name: str) -> bytes:
-            return bytes(reader.get_record(name))
-
-        payloads: set[str] = set()
-        devices: set[str] = set()
-        bad: list[str] = []
-        for config_name, (folder, allowed) in _PAYLOAD_CONFIGS.items():
-            if config_name not in seen:
-                raise ArchiveError(f"{where}: not a plain exported program: no {config_name}")
-            raw = json.loads(read(config_name))
-            config = raw.get("config") if isinstance(raw, dict) else None
-            if not isinstance(config, dict):
-                raise ArchiveError(f"{where}: {config_name} is not a payload config")
-            for fqn, meta in config.items():
-                name = meta.get("path_name") if isinstance(meta, dict) else None
-                tensor_meta = meta.get("tensor_meta") if isinstance(meta, dict) else None
-                if (
-                    not isinstance(name, str)
-                    or not allowed.fullmatch(name)
-                    or meta.get("use_pickle") is not False
-                    or not isinstance(tensor_meta, dict)
-                ):
-                    bad.append(str(fqn))
-                    continue
-                payloads.add(folder + name)
-                device = tensor_meta.get("device")
-                devices.add(str(device.get("type")) if isinstance(device, dict) else "?")
-                if folder + name in seen and reader.get_record_size(folder + name) == 0 and _numel(tensor_meta) != 0:
-                    bad.append(f"{fqn} (an empty record for a tensor of {_numel(tensor_meta)} elements)")
-        if bad:
-            raise _refuse(where, f"it holds pickled or object payloads ({', '.join(bad[:3])})")
-        odd = [
-            name
-            for name in seen
-            if name not in _PLAIN_RECORDS
-            and name not in _PAYLOAD_CONFIGS
-            and name not in payloads
-            and not (name.startswith("extra/") and len(name) > len("extra/"))
-        ]
-        if odd:
-            raise _refuse(where, f"records other than a plain exported program ({', '.join(sorted(odd)[:3])})")
+        reader, seen = _read_records(path, where)
+        payloads, devices = _check_payload_configs(reader, seen, where)
+        _check_no_other_records(seen, payloads, where)
         program = f"models/{PROGRAM}.json"
         if program not in seen:
             raise ArchiveError(f"{where}: not a plain exported program: no {program}")
         try:
-            check_program_json(json.loads(read(program)))
+            check_program_json(json.loads(bytes(reader.get_record(program))))
         except ArchiveError as exc:
             raise _refuse(where, f"its program JSON holds code: {exc}") from None
         if "cuda" in devices and not torch.cuda.is_available():
@@ -140,13 +85,82 @@ def check_pt2_payloads(path: str, *, source: str | None = None) -> None:
         sample_inputs = f"data/sample_inputs/{PROGRAM}.pt"
         if sample_inputs in seen:
             try:
-                torch.load(io.BytesIO(read(sample_inputs)), weights_only=True, map_location="cpu")
+                torch.load(io.BytesIO(bytes(reader.get_record(sample_inputs))), weights_only=True, map_location="cpu")
             except Exception as exc:
                 raise _refuse(
                     where, f"its sample inputs are not plain tensors (weights_only=True refused them: {exc})"
                 ) from exc
     except (zipfile.BadZipFile, ValueError, KeyError, OSError, RuntimeError) as exc:
         raise ArchiveError(f"{where}: not a readable .pt2 archive: {exc}") from exc
+
+
+def _read_records(path: str, where: str) -> tuple[Any, set[str]]:
+    """torch's reader of the zip and the records it sees (below the root), once Python's
+    ``zipfile`` was shown the same records under one root, none named twice."""
+    with zipfile.ZipFile(path) as zf:
+        names = [info.filename for info in zf.infolist()]
+    if len(set(names)) != len(names):
+        raise _refuse(where, "the zip names a record twice")
+    roots = {name.partition("/")[0] for name in names}
+    if len(roots) != 1:
+        raise _refuse(where, f"records under {len(roots)} root folders")
+    listed = {name.partition("/")[2] for name in names}
+    try:
+        reader = torch._C.PyTorchFileReader(path)
+        seen = set(reader.get_all_records())
+    except RuntimeError as exc:
+        raise ArchiveError(f"{where}: torch cannot read it as a zip: {exc}") from exc
+    if seen != listed:
+        differ = sorted(seen ^ listed)[:3]
+        raise _refuse(where, f"torch's reader and Python's see different records ({', '.join(differ)})")
+    return reader, seen
+
+
+def _check_payload_configs(reader: Any, seen: set[str], where: str) -> tuple[set[str], set[str]]:
+    """The payload records the weights and constants configs name, and the devices their
+    tensors live on; refused where a config names anything but a raw tensor."""
+    payloads: set[str] = set()
+    devices: set[str] = set()
+    bad: list[str] = []
+    for config_name, (folder, allowed) in _PAYLOAD_CONFIGS.items():
+        if config_name not in seen:
+            raise ArchiveError(f"{where}: not a plain exported program: no {config_name}")
+        raw = json.loads(bytes(reader.get_record(config_name)))
+        config = raw.get("config") if isinstance(raw, dict) else None
+        if not isinstance(config, dict):
+            raise ArchiveError(f"{where}: {config_name} is not a payload config")
+        for fqn, meta in config.items():
+            name = meta.get("path_name") if isinstance(meta, dict) else None
+            tensor_meta = meta.get("tensor_meta") if isinstance(meta, dict) else None
+            if (
+                not isinstance(name, str)
+                or not allowed.fullmatch(name)
+                or meta.get("use_pickle") is not False
+                or not isinstance(tensor_meta, dict)
+            ):
+                bad.append(str(fqn))
+                continue
+            payloads.add(folder + name)
+            device = tensor_meta.get("device")
+            devices.add(str(device.get("type")) if isinstance(device, dict) else "?")
+            if folder + name in seen and reader.get_record_size(folder + name) == 0 and _numel(tensor_meta) != 0:
+                bad.append(f"{fqn} (an empty record for a tensor of {_numel(tensor_meta)} elements)")
+    if bad:
+        raise _refuse(where, f"it holds pickled or object payloads ({', '.join(bad[:3])})")
+    return payloads, devices
+
+
+def _check_no_other_records(seen: set[str], payloads: set[str], where: str) -> None:
+    odd = [
+        name
+        for name in seen
+        if name not in _PLAIN_RECORDS
+        and name not in _PAYLOAD_CONFIGS
+        and name not in payloads
+        and not (name.startswith("extra/") and len(name) > len("extra/"))
+    ]
+    if odd:
+        raise _refuse(where, f"records other than a plain exported program ({', '.join(sorted(odd)[:3])})")
 
 
 def _numel(tensor_meta: dict[str, Any]) -> int:
