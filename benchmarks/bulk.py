@@ -503,7 +503,7 @@ def child_main() -> int:
 
         from serializer.s3.client import make_s3_client
         from worker import bulk
-        from worker.selection import Planner
+        from worker.bulk import Planner
         from worker.settings import Settings
 
         settings = Settings()

@@ -19,11 +19,11 @@ from serializer.s3.client import S3Client, make_s3_client
 from serializer.s3.retry import is_transient
 
 from . import bulk, metrics
+from .bulk import Planner, check_source
 from .celery import app
 from .errors import ExportError
 from .export import Stage, run_export
 from .keys import export_keys
-from .selection import Planner, check_source
 from .settings import Settings
 from .spec import ExportSpec, parse_spec
 

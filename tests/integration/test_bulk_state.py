@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from worker.bulk import BulkRun, BulkRunBusy, RunKeys, target_lock
-from worker.selection import Decision
+from worker.bulk import BulkRun, BulkRunBusy, Decision, RunKeys, target_lock
 from worker.settings import Settings
 
 #: This file's Redis database (the session's worker uses 0, the bulk tests 3 and 4).
