@@ -25,7 +25,7 @@ CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 YAML_SUFFIXES = (".yaml", ".yml")
 
-#: What a bulk re-export redoes (see worker/selection.py).
+#: What a bulk re-export redoes (see worker/bulk/planner.py).
 #: What a bulk re-export does with an export that exists: ``if-stale`` redoes it where its
 #: producer differs from this worker, ``always`` redoes every one, ``missing`` only absent ones.
 Policy = Literal["if-stale", "always", "missing"]

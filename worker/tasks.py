@@ -176,7 +176,7 @@ def reexport(
     report_to: str | None = None,
     to_format: str | None = None,
 ) -> dict[str, Any]:
-    """Re-export every spec of a selection that ``policy`` picks (see worker/bulk.py).
+    """Re-export every spec of a selection that ``policy`` picks (see worker/bulk/).
 
     With ``to_format`` (``"pt2"``), every spec is converted to that format first: a bulk
     run turns TorchScript exports into ``.pt2`` ones, written next to them.
