@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Mapping
 
 from ..s3.client import S3Client
-from ..s3.multipart import MultipartWriter, UploadResult
+from ..s3.multipart import UploadResult
 from ..s3.options import UploadOptions
 from .info import check_extras
 from .zipindex import CentralDirectoryTooLarge, ZipIndex, ZipStreamIndexer
@@ -33,18 +33,7 @@ def upload_file(
     # The spool can be read again, so local headers are read from it at the end instead of
     # searched for in every byte.
     indexer = ZipStreamIndexer(scan_headers=False)
-    writer = MultipartWriter(
-        client,
-        bucket,
-        key,
-        part_size=opts.part_size,
-        max_in_flight=opts.max_in_flight,
-        size_hint=size,
-        checksum_algorithm=opts.checksum_algorithm,
-        if_none_match=opts.if_none_match,
-        extra_args={"ContentType": CONTENT_TYPE, **opts.extra_args},
-        progress=progress,
-    )
+    writer = opts.writer(client, bucket, key, content_type=CONTENT_TYPE, size_hint=size, progress=progress)
     with writer, open(path, "rb", buffering=0) as f:
         while chunk := f.read(READ_CHUNK):
             indexer.feed(chunk)

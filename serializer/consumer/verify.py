@@ -22,7 +22,7 @@ from ..manifest.model import Manifest
 from ..pt2.load import load_pt2_file, program_device
 from ..s3.client import S3Client
 from ..s3.ranged import read_checked
-from ..torchscript.save import quiet_torchscript_deprecation
+from ..torchscript.load import load_torchscript_file
 from .compare import compare_outputs
 from .compat import check_compatibility, local_reader
 from .open import read_manifest_checked
@@ -135,7 +135,6 @@ def verify_artifact(
     art = manifest.artifact
     pt2 = art.format == "pt2"
     names = [e.name for e in manifest.extra_files]
-    device = torch.device("cpu")
     with tempfile.TemporaryDirectory(prefix="export-worker-verify-", dir=spool_dir) as tmp:
         path = os.path.join(tmp, "archive.pt2" if pt2 else "archive.pt")
         try:
@@ -145,40 +144,48 @@ def verify_artifact(
             report.add("checksum", False, str(exc))
             return report
         report.add("checksum", True, f"{art.size} bytes, sha256 {art.sha256}")
-        if pt2:
-            try:
-                program, raw = load_pt2_file(path, source=art.uri)
-            except ArchiveError as exc:
-                report.add("load", False, str(exc))
-                return report
-            module: Any = program.module()
-            device = program_device(program)
-            report.add("load", True, f"torch.export.load (weights on {device})")
-        else:
-            extras: dict[str, Any] = dict.fromkeys([*names, BUILD_JSON, EXAMPLE_INPUTS, REFERENCE_OUTPUTS], "")
-            try:
-                with quiet_torchscript_deprecation():
-                    module = torch.jit.load(path, map_location="cpu", _extra_files=extras)  # type: ignore[no-untyped-call]
-            except RuntimeError as exc:
-                report.add("load", False, f"torch.jit.load failed: {exc}")
-                return report
-            report.add("load", True, "torch.jit.load on the CPU")
-            raw = {k: v if isinstance(v, bytes) else str(v).encode() for k, v in extras.items()}
+        try:
+            module, raw, device, how = _load(path, art.uri, pt2, names)
+        except ArchiveError as exc:
+            report.add("load", False, str(exc))
+            return report
+        except RuntimeError as exc:
+            if pt2:
+                raise
+            report.add("load", False, f"torch.jit.load failed: {exc}")
+            return report
+        report.add("load", True, how)
     bad = [e.name for e in manifest.extra_files if hashlib.sha256(raw.get(e.name, b"")).hexdigest() != e.sha256]
     if not report.add("extra files", not bad, f"differ from the manifest: {bad}" if bad else f"{len(names)} match"):
         return report
+    _self_check_step(report, module, raw, device)
+    return report
+
+
+def _load(path: str, uri: str, pt2: bool, names: list[str]) -> tuple[Any, dict[str, bytes], torch.device, str]:
+    """The loaded module, its extra files (with the build record) and device, and how it
+    was loaded.  Raises ArchiveError (a refused ``.pt2``) or torch's RuntimeError."""
+    if pt2:
+        program, raw = load_pt2_file(path, source=uri)
+        device = program_device(program)
+        return program.module(), raw, device, f"torch.export.load (weights on {device})"
+    wanted = [*names, BUILD_JSON, EXAMPLE_INPUTS, REFERENCE_OUTPUTS]
+    module, raw = load_torchscript_file(path, map_location="cpu", extra_names=wanted)
+    return module, raw, torch.device("cpu"), "torch.jit.load on the CPU"
+
+
+def _self_check_step(report: VerifyReport, module: Any, raw: dict[str, bytes], device: torch.device) -> None:
     if not has_build_inputs(raw):
         report.add("self-check", True, "skipped: the archive carries no example inputs")
-        return report
+        return
     try:
         passed, max_abs, max_rel, atol, rtol = self_check(module, raw, device)
     except (RuntimeError, ArchiveError) as exc:
         report.add("self-check", False, f"running the stored example inputs failed: {exc}")
-        return report
+        return
     report.add(
         "self-check",
         passed,
         f"max abs diff {max_abs:g}, max rel diff {max_rel:g} against the stored reference "
         f"(atol {atol:g}, rtol {rtol:g})",
     )
-    return report

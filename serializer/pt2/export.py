@@ -49,7 +49,7 @@ from ..archive.upload import CONTENT_TYPE, upload_file
 from ..archive.zipindex import CentralDirectoryTooLarge, ZipIndex, ZipStreamIndexer
 from ..errors import ArchiveError, InvalidExtraFile
 from ..s3.client import S3Client
-from ..s3.multipart import MultipartWriter
+from ..s3.multipart import MultipartWriter, UploadResult
 from ..s3.options import UploadOptions
 from ..s3.uri import parse_s3_uri
 from .versions import export_schema_version
@@ -253,37 +253,41 @@ def export_pt2(
                 on_size(os.path.getsize(path))
             result, index = upload_file(path, client, target.bucket, target.key, opts, progress, extras)
     elif strategy == "stream":
-        indexer = ZipStreamIndexer()
-        writer = MultipartWriter(
-            client,
-            target.bucket,
-            target.key,
-            part_size=opts.part_size,
-            max_in_flight=opts.max_in_flight,
-            checksum_algorithm=opts.checksum_algorithm,
-            if_none_match=opts.if_none_match,
-            extra_args={"ContentType": CONTENT_TYPE, **opts.extra_args},
-            progress=progress,
-        )
-        with writer:
-            stream = UploadStream(writer, indexer)
-            try:
-                save_pt2(program, stream, extras)
-            except BaseException:
-                stream.raise_failure()  # the cause, where the stream failed first
-                raise
-            stream.raise_failure()
-            try:
-                index = indexer.finish()
-            except CentralDirectoryTooLarge as exc:
-                raise ArchiveError(
-                    f"the archive's central directory ({exc.needed} bytes) is larger than the stream keeps of its "
-                    "end: set EXPORT_PT2_STRATEGY=spool for a program with this many tensors"
-                ) from exc
-            # Checked before commit, so a malformed archive is never published.
-            check_extras(index, extras)
-        assert writer.result is not None
-        result = writer.result
+        result, index = _stream(program, client, target.bucket, target.key, opts, progress, extras)
     else:
         raise ValueError(f"unknown strategy {strategy!r} (stream or spool)")
     return describe_archive(result, index, extras, format="pt2", pt2=describe_pt2(index))
+
+
+def _stream(
+    program: torch.export.ExportedProgram,
+    client: S3Client,
+    bucket: str,
+    key: str,
+    opts: UploadOptions,
+    progress: Callable[[int], None] | None,
+    extras: Mapping[str, bytes],
+) -> tuple[UploadResult, ZipIndex]:
+    """Save ``program`` through an :class:`UploadStream` straight into ``s3://bucket/key``,
+    indexing the zip as it goes; the extra files are checked before the object is committed."""
+    indexer = ZipStreamIndexer()
+    writer = opts.writer(client, bucket, key, content_type=CONTENT_TYPE, progress=progress)
+    with writer:
+        stream = UploadStream(writer, indexer)
+        try:
+            save_pt2(program, stream, extras)
+        except BaseException:
+            stream.raise_failure()  # the cause, where the stream failed first
+            raise
+        stream.raise_failure()
+        try:
+            index = indexer.finish()
+        except CentralDirectoryTooLarge as exc:
+            raise ArchiveError(
+                f"the archive's central directory ({exc.needed} bytes) is larger than the stream keeps of its "
+                "end: set EXPORT_PT2_STRATEGY=spool for a program with this many tensors"
+            ) from exc
+        # Checked before commit, so a malformed archive is never published.
+        check_extras(index, extras)
+    assert writer.result is not None
+    return writer.result, index

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .multipart import ChecksumAlgorithm
+from .client import S3Client
+from .multipart import ChecksumAlgorithm, MultipartWriter
 from .parts import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE
 
 
@@ -19,3 +20,27 @@ class UploadOptions:
     checksum_algorithm: ChecksumAlgorithm | None = None
     if_none_match: bool = False
     extra_args: Mapping[str, Any] = field(default_factory=dict)
+
+    def writer(
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str,
+        size_hint: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> MultipartWriter:
+        """A :class:`~serializer.s3.multipart.MultipartWriter` of ``s3://bucket/key`` with these options."""
+        return MultipartWriter(
+            client,
+            bucket,
+            key,
+            part_size=self.part_size,
+            max_in_flight=self.max_in_flight,
+            size_hint=size_hint,
+            checksum_algorithm=self.checksum_algorithm,
+            if_none_match=self.if_none_match,
+            extra_args={"ContentType": content_type, **self.extra_args},
+            progress=progress,
+        )

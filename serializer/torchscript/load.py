@@ -17,6 +17,17 @@ from ..s3.uri import parse_s3_uri
 from .save import ARCHIVE_FILE, quiet_torchscript_deprecation
 
 
+def load_torchscript_file(
+    path: str, *, map_location: str | torch.device | None = "cpu", extra_names: Iterable[str] = ()
+) -> tuple[torch.jit.ScriptModule, dict[str, bytes]]:
+    """``torch.jit.load`` a local archive with the extra files named (absent ones read as
+    empty); torch's ``RuntimeError`` goes to the caller, who names the archive."""
+    extras: dict[str, Any] = dict.fromkeys(extra_names, "")
+    with quiet_torchscript_deprecation():
+        module = torch.jit.load(path, map_location=map_location, _extra_files=extras)  # type: ignore[no-untyped-call]
+    return module, {k: v if isinstance(v, bytes) else str(v).encode() for k, v in extras.items()}
+
+
 def load_artifact(
     client: S3Client,
     uri: str,
@@ -40,15 +51,12 @@ def load_artifact(
     """
     if parse_s3_uri(uri).key.endswith(PT2_SUFFIX):
         raise ArchiveError(
-            f"{uri} is a .pt2 archive, not TorchScript: load it with open_artifact or serializer.pt2.load_pt2_artifact"
+            f"{uri} is a .pt2 archive, not TorchScript: load it with open_artifact or serializer.load_pt2_artifact"
         )
     with tempfile.TemporaryDirectory(prefix="export-worker-load-", dir=spool_dir) as tmp:
         path = os.path.join(tmp, ARCHIVE_FILE)
         download_checked(client, uri, path, sha256=sha256, size=size)
-        extras: dict[str, Any] = dict.fromkeys(extra_names, "")
         try:
-            with quiet_torchscript_deprecation():
-                module = torch.jit.load(path, map_location=map_location, _extra_files=extras)  # type: ignore[no-untyped-call]
+            return load_torchscript_file(path, map_location=map_location, extra_names=extra_names)
         except RuntimeError as exc:
             raise ArchiveError(f"torch.jit.load of {uri} failed: {exc}") from exc
-    return module, {k: v if isinstance(v, bytes) else str(v).encode() for k, v in extras.items()}
