@@ -45,7 +45,7 @@ def main() -> int:
     args = parser.parse_args()
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from worker.local_services import celery_worker, moto_server, redis_server
+    from worker.cli.demo_services import celery_worker, moto_server, redis_server
 
     bucket = "latency-bench"
     with tempfile.TemporaryDirectory() as tmp, redis_server() as redis_url, moto_server() as s3_url:
