@@ -1,10 +1,12 @@
-"""Shared fixtures: a real moto S3 server over HTTP, in-process moto, and S3 clients."""
+"""Shared fixtures: a real moto S3 server over HTTP and S3 clients of it (tests/functional replaces
+``s3`` and ``bucket`` with in-process moto), the environment, and hostile archives in a bucket."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,3 +76,32 @@ def moto_process_endpoint() -> Iterator[str]:
 
     with moto_server() as url:
         yield url
+
+
+@pytest.fixture()
+def hostile(s3: Any, bucket: str) -> tuple[str, bytes]:
+    """An archive with every hostile name (``tests.hostile_archives.SLIP_NAMES``), and a manifest
+    listing them, in ``bucket``."""
+    from tests.hostile_archives import SLIP_NAMES, _store
+
+    return _store(s3, bucket, "hostile", SLIP_NAMES)
+
+
+@pytest.fixture()
+def safe(s3: Any, bucket: str) -> tuple[str, bytes]:
+    """The same kind of archive with only a safe extra file: the control."""
+    from tests.hostile_archives import _store
+
+    return _store(s3, bucket, "safe", [])
+
+
+@pytest.fixture()
+def empty_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty working directory, under an otherwise empty folder: nothing may appear in either."""
+    from tests.hostile_archives import _tree
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    yield work
+    assert _tree(tmp_path) == ["cwd"], "a file was written"

@@ -1,52 +1,31 @@
-"""Hostile specs against a real worker: each one fails naming its cause, writes nothing, and
-the worker goes on serving.
-
-Jobs are sent with ``export_model.apply_async(..., queue="cpu")``, bypassing the client-side
-validation and routing of ``submit_export``, so the worker itself sees every bad spec; the
-specs that are invalid by their schema alone are also checked to be refused by
-``submit_export`` before anything is sent.  Besides the corpus: builders outside the
-allow-list are never imported, however spelled; a checkpoint whose pickle would run code
-never runs it; the extra-file size limit (EXPORT_MAX_EXTRA_FILE_BYTES); and a consumer
-reading a hostile archive cannot be steered outside its target by an extra file's name.
+"""The hostile inputs, one list each, for the tests that throw them at the worker and at the
+code behind it: the corpus of hostile specs (:data:`CORPUS`, each case what the worker must
+raise and a regex its message matches), spellings of a builder outside the allow-list
+(:data:`NEVER_IMPORT_SPELLINGS`), and checkpoints whose pickle would run code
+(:data:`CHECKPOINTS`).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import io
-import json
 import os
 import pathlib
 import pickle
-import re
-import sys
-import time
 import uuid
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
-from botocore.exceptions import ClientError
 
-from serializer.errors import SerializerError
-from serializer.manifest.model import Manifest, manifest_uri_for
-from tests.conftest import object_keys, open_uploads
-from tests.integration.conftest import WorkerProcess
-from worker.errors import SpecError
-from worker.spec import MAX_INPUT_ELEMENTS, MAX_JSON_BYTES, parse_spec
-from worker.tasks import export_model, submit_export
+from worker.spec import MAX_INPUT_ELEMENTS, MAX_JSON_BYTES
 
-#: Seconds to wait for one job; generous, the machine may be busy with other tests.
-JOB_TIMEOUT = 120.0
+if TYPE_CHECKING:
+    from tests.integration.conftest import WorkerProcess
+
 #: A field given as this is left out of the spec.
 DROP = object()
-
-pytestmark = pytest.mark.usefixtures("celery_worker")
 
 
 @dataclass
@@ -130,8 +109,11 @@ def _deep(depth: int) -> Any:
 
 
 _NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this host has CUDA; the case is for CPU-only workers")
+
+
 #: A megabyte and a bit of JSON.
 _OVER_1MIB = "x" * (MAX_JSON_BYTES + 1)
+
 
 CORPUS = [
     # -- not an object, missing and unknown fields ------------------------------------------------
@@ -689,262 +671,6 @@ CORPUS = [
 ]
 
 
-# -- helpers ------------------------------------------------------------------------------------
-
-
-def send(spec: Any, queue: str = "cpu") -> tuple[str, Any]:
-    """Send ``spec`` straight to a queue (no client-side validation); its state and value."""
-    result = export_model.apply_async(args=[spec], queue=queue)
-    value = result.get(timeout=JOB_TIMEOUT, propagate=False)
-    return result.state, value
-
-
-def assert_nothing_written(client: Any, bucket: str) -> None:
-    assert object_keys(client, bucket) == [], f"objects left in {bucket}"
-    assert open_uploads(client, bucket) == [], f"multipart uploads left open in {bucket}"
-
-
-def assert_no_bucket(client: Any, bucket: str) -> None:
-    with pytest.raises(ClientError) as info:
-        client.head_bucket(Bucket=bucket)
-    assert info.value.response["Error"]["Code"] in ("404", "NoSuchBucket"), info.value
-
-
-def queue_lengths(redis_client: Any) -> tuple[int, int]:
-    return int(redis_client.llen("cpu")), int(redis_client.llen("gpu"))
-
-
-def check_failed(state: str, value: Any, error: str, cause: str, worker: WorkerProcess) -> None:
-    assert state == "FAILURE", f"{state}: {value!r}"
-    assert isinstance(value, BaseException), repr(value)
-    assert type(value).__name__ == error, f"{type(value).__name__}: {value}"
-    assert re.search(cause, str(value)), f"{cause!r} not found in {value}"
-    assert list(worker.spool_dir.iterdir()) == [], "spool files were left behind"
-    worker.assert_alive()
-
-
-# -- the corpus -----------------------------------------------------------------------------------
-
-
-def test_the_corpus_is_large_and_its_ids_distinct() -> None:
-    ids = [p.id for p in CORPUS]
-    assert len(ids) == len(set(ids))
-    assert len(ids) >= 40
-
-
-@pytest.mark.parametrize(("make", "error", "cause", "schema"), CORPUS)
-def test_hostile_spec_fails_naming_its_cause_and_writes_nothing(
-    celery_worker: WorkerProcess,
-    worker_s3: Any,
-    dest_bucket: str,
-    assets_bucket: str,
-    redis_client: Any,
-    make: Make,
-    error: str,
-    cause: str,
-    schema: bool,
-) -> None:
-    ctx = Ctx(celery_worker, worker_s3, dest_bucket, assets_bucket)
-    spec = make(ctx)
-    if schema:
-        # Refused in the caller, naming the same cause; nothing reaches a queue.
-        with pytest.raises(SpecError) as refused:
-            parse_spec(spec)
-        assert re.search(cause, str(refused.value)), f"{cause!r} not found in {refused.value}"
-        before = queue_lengths(redis_client)
-        with pytest.raises(SpecError, match=cause):
-            submit_export(spec)
-        assert queue_lengths(redis_client) == before, "a spec refused by submit_export was sent"
-
-    state, value = send(spec)
-    check_failed(state, value, error, cause, celery_worker)
-    assert_nothing_written(worker_s3, dest_bucket)
-    if ctx.missing_dest is not None:
-        assert_no_bucket(worker_s3, ctx.missing_dest)
-    for marker in ctx.markers:
-        assert not marker.exists(), f"{marker} exists: code ran in the worker that never should have"
-
-
-def test_the_worker_still_answers_and_exports_after_the_corpus(
-    celery_worker: WorkerProcess, worker_s3: Any, dest_bucket: str
-) -> None:
-    from worker.celery import app
-
-    celery_worker.assert_alive()
-    assert app.control.ping(timeout=5.0), "the worker does not answer a ping"
-    spec = Ctx(celery_worker, worker_s3, dest_bucket, "unused").spec()
-    state, value = send(spec)
-    assert state == "SUCCESS", f"{state}: {value!r}\n{celery_worker.log_tail()}"
-    assert value["skipped"] is False
-    assert sorted(object_keys(worker_s3, dest_bucket)) == sorted(
-        k.split("/", 3)[3] for k in (value["artifact_uri"], value["manifest_uri"])
-    )
-
-
-# -- a message the worker's own machinery cannot handle -------------------------------------------------
-
-#: Redis database of the lone worker below, apart from the shared test worker's (0).
-LONE_DB = 7
-
-
-@pytest.fixture()
-def lone_worker(
-    redis_server: str, moto_process_endpoint: str, tmp_path: pathlib.Path
-) -> Iterator[tuple[Any, WorkerProcess]]:
-    """A worker of its own (own Redis database), for jobs that may kill it; and an app to send to it."""
-    import redis
-    from celery import Celery
-
-    from tests.integration.conftest import ROOT, TEST_ENV
-    from worker.cli.demo_services import celery_worker as celery_worker_process
-
-    url = f"{redis_server.rsplit('/', 1)[0]}/{LONE_DB}"
-    spool, shared = tmp_path / "spool", tmp_path / "shared"
-    spool.mkdir()
-    shared.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXPORT_", "CELERY_", "AWS_ENDPOINT_URL"))}
-    env.update(TEST_ENV)
-    env.update(
-        {
-            "CELERY_BROKER_URL": url,
-            "CELERY_RESULT_BACKEND": url,
-            "AWS_ENDPOINT_URL_S3": moto_process_endpoint,
-            "EXPORT_SPOOL_DIR": str(spool),
-            "NEVER_IMPORT_MARKER": str(shared / "never_import.marker"),
-            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    app = Celery("hostile-sender", broker=url, backend=url)
-    app.conf.update(
-        task_serializer="json", accept_content=["json"], result_serializer="json", result_accept_content=["json"]
-    )
-    log_path = tmp_path / "worker.log"
-    node = f"hostile-lone-{uuid.uuid4().hex[:8]}@%h"
-    try:
-        with celery_worker_process(env, log_path=str(log_path), node=node, cwd=str(ROOT)) as proc:
-            worker = WorkerProcess(proc, log_path, shared / "never_import.marker", spool, shared, moto_process_endpoint)
-            deadline = time.monotonic() + 60
-            while not app.control.ping(timeout=0.5):
-                assert proc.poll() is None, f"the worker exited with {proc.returncode}:\n{worker.log_tail()}"
-                assert time.monotonic() < deadline, f"the worker did not answer a ping:\n{worker.log_tail()}"
-            yield app, worker
-    finally:
-        app.close()
-        client = redis.Redis.from_url(url)
-        client.flushdb()
-        client.close()
-
-
-@pytest.mark.parametrize(
-    ("make", "cause"),
-    [
-        pytest.param(
-            lambda bucket: {
-                "name": "deep",
-                "builder": "tests.fixtures:tiny_linear",
-                "destination": f"s3://{bucket}/deep",
-                "kwargs": {"deep": _deep(500)},
-            },
-            r"kwargs|deep|nest",
-            id="kwargs-500-deep",
-        ),
-        pytest.param(lambda bucket: _deep(900), r"JSON object|deep|nest", id="spec-is-a-900-deep-list"),
-    ],
-)
-def test_a_deeply_nested_job_fails_and_the_worker_lives(
-    lone_worker: tuple[Any, WorkerProcess], worker_s3: Any, dest_bucket: str, make: Callable[[str], Any], cause: str
-) -> None:
-    app, worker = lone_worker
-    result = app.send_task("worker.tasks.export_model", args=[make(dest_bucket)], queue="cpu")
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while not result.ready():
-        worker.assert_alive()
-        assert time.monotonic() < deadline, f"no result:\n{worker.log_tail()}"
-        time.sleep(0.2)
-    value = result.get(timeout=1, propagate=False)
-    check_failed(result.state, value, "SpecError", cause, worker)
-    assert app.control.ping(timeout=5.0), "the worker does not answer a ping"
-    assert_nothing_written(worker_s3, dest_bucket)
-
-
-# -- builders outside the allow-list are never imported --------------------------------------------
-
-#: Spellings of the forbidden ``tests.never_import`` (or ways around the prefix check).
-NEVER_IMPORT_SPELLINGS = [
-    "tests.never_import:build",
-    "tests.never_import.__init__:build",
-    "tests:never_import",
-    "tests.fixtures.never_import:build",
-    "tests.fixtures_never_import:build",
-    "tests.fixtures.__init__:build",
-    "tests.fixtures..never_import:build",
-    " tests.never_import:build",
-    "tests.never_import:build ",
-    "tests.never_import :build",
-    "tests.never_import:build\n",
-    "tests.fixtures\n.never_import:build",
-    "tests.fixtures,tests.never_import:build",
-    "tests/never_import:build",
-    "tests/../tests/never_import:build",
-    "Tests.never_import:build",
-    "TESTS.NEVER_IMPORT:build",
-    "tests.\uff4eever_import:build",  # fullwidth n
-    "tests.n\u0435ver_import:build",  # Cyrillic e
-    "tests.never_import\u200b:build",
-    "tests.fixtures:__import__",
-    "tests.fixtures:__builtins__",
-    "tests.fixtures:__class__",
-    "worker.examples:__loader__",
-    "importlib:import_module",
-    "builtins:__import__",
-    "runpy:run_module",
-]
-
-
-def test_builders_outside_the_allow_list_are_never_imported(
-    celery_worker: WorkerProcess, worker_s3: Any, dest_bucket: str
-) -> None:
-    marker = celery_worker.never_import_marker
-    assert "tests.never_import" not in sys.modules
-    kwargs_that_would_import = {"name": "tests.never_import", "mod_name": "tests.never_import"}
-    for builder in NEVER_IMPORT_SPELLINGS:
-        for kwargs in ({}, kwargs_that_would_import):
-            spec = {
-                "name": "never",
-                "builder": builder,
-                "kwargs": kwargs,
-                "destination": f"s3://{dest_bucket}/never",
-            }
-            state, value = send(spec)
-            assert state == "FAILURE", f"{builder!r}: {state} {value!r}"
-            assert isinstance(value, BaseException)
-            assert type(value).__name__ in ("SpecError", "BuilderNotAllowed", "BuildFailed"), f"{builder!r}: {value!r}"
-            assert not marker.exists(), f"{builder!r} with {kwargs} imported tests.never_import: {marker.read_text()}"
-            celery_worker.assert_alive()
-    assert_nothing_written(worker_s3, dest_bucket)
-    assert "tests.never_import" not in sys.modules
-
-
-def test_allow_list_check_refuses_forbidden_modules_before_any_import() -> None:
-    from worker.builders import builder_digest, check_allowed
-    from worker.errors import BuilderNotAllowed
-
-    allowed = ("worker.examples", "tests.fixtures")
-    for builder in NEVER_IMPORT_SPELLINGS:
-        module = builder.partition(":")[0]
-        if module == "tests.fixtures" or module.startswith("tests.fixtures.") or module.startswith("worker.examples"):
-            continue
-        with pytest.raises(BuilderNotAllowed, match="EXPORT_ALLOWED_BUILDERS"):
-            check_allowed(builder, allowed)
-        with pytest.raises(BuilderNotAllowed):
-            builder_digest(builder, allowed)
-    assert "tests.never_import" not in sys.modules
-
-
-# -- checkpoints whose pickle would run code -----------------------------------------------------------
-
-
 class _System:
     """Unpickling this runs ``touch <path>`` through ``os.system``."""
 
@@ -988,278 +714,33 @@ CHECKPOINTS = {
 }
 
 
-def test_checkpoint_payloads_are_live(tmp_path: pathlib.Path) -> None:
-    # The control: each payload does run when loaded without weights_only.
-    for name, make in CHECKPOINTS.items():
-        marker = tmp_path / name
-        data = make(marker)
-        if make is _raw_pickle:
-            pickle.loads(data)
-        else:
-            torch.load(io.BytesIO(data), weights_only=False)
-        assert marker.exists(), name
-
-
-@pytest.mark.parametrize("make", list(CHECKPOINTS.values()), ids=list(CHECKPOINTS))
-def test_malicious_checkpoint_never_runs_in_the_worker(
-    celery_worker: WorkerProcess,
-    worker_s3: Any,
-    dest_bucket: str,
-    assets_bucket: str,
-    make: Callable[[pathlib.Path], bytes],
-) -> None:
-    ctx = Ctx(celery_worker, worker_s3, dest_bucket, assets_bucket)
-    marker = celery_worker.shared_dir / f"pwned-{uuid.uuid4().hex[:8]}"
-    weights = ctx.put("evil/state_dict.pt", make(marker))
-    state, value = send(ctx.spec(weights=weights))
-    check_failed(
-        state, value, "BuildFailed", rf"weights {re.escape(weights)} are not a plain state_dict", celery_worker
-    )
-    assert not marker.exists(), "the checkpoint's pickle ran in the worker"
-    assert_nothing_written(worker_s3, dest_bucket)
-
-
-# -- the extra-file size limit (EXPORT_MAX_EXTRA_FILE_BYTES) ---------------------------------------------
-
-LIMIT = 1024
-
-
-def _run_with_limit(s3: Any, bucket: str, extra_files: dict[str, Any], limit: int = LIMIT) -> dict[str, Any]:
-    from worker.export import run_export
-    from worker.settings import Settings
-
-    settings = Settings(max_extra_file_bytes=limit, allowed_builders=("tests.fixtures",))
-    spec = parse_spec(
-        {
-            "name": "limited",
-            "builder": "tests.fixtures:tiny_linear",
-            "destination": f"s3://{bucket}/limited",
-            "extra_files": extra_files,
-        }
-    )
-    return run_export(spec, settings=settings, client=s3)
-
-
-def test_settings_take_the_limit_with_units() -> None:
-    from worker.settings import Settings
-
-    assert Settings().max_extra_file_bytes == 256 * 1024**2
-    assert Settings(max_extra_file_bytes="16MiB").max_extra_file_bytes == 16 * 1024**2
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        pytest.param(lambda s3, bucket: "x" * (2 * LIMIT), id="inline-text"),
-        pytest.param(lambda s3, bucket: "\u00e9" * (LIMIT // 2 + 1), id="inline-text-counted-in-utf8-bytes"),
-        pytest.param(lambda s3, bucket: {"text": "y" * (2 * LIMIT)}, id="text-object"),
-        pytest.param(lambda s3, bucket: {"base64": base64.b64encode(b"\0" * (2 * LIMIT)).decode()}, id="base64"),
-        pytest.param(lambda s3, bucket: {"uri": _put(s3, bucket, "assets/big.bin", b"z" * (2 * LIMIT))}, id="s3-uri"),
-    ],
-)
-def test_an_extra_file_over_the_limit_is_refused_naming_the_setting(
-    s3: Any, bucket: str, source: Callable[[Any, str], Any]
-) -> None:
-    extra_files = {"small.txt": "ok", "big.bin": source(s3, bucket)}
-    before = object_keys(s3, bucket)
-    with pytest.raises(SpecError) as info:
-        _run_with_limit(s3, bucket, extra_files)
-    message = str(info.value)
-    assert "extra_files.big.bin" in message
-    assert "EXPORT_MAX_EXTRA_FILE_BYTES" in message and f"({LIMIT} bytes)" in message
-    assert object_keys(s3, bucket) == before, "something was written"
-    assert open_uploads(s3, bucket) == []
-
-
-def test_an_extra_file_at_the_limit_is_exported(s3: Any, bucket: str) -> None:
-    uri = _put(s3, bucket, "assets/exact.bin", b"e" * LIMIT)
-    result = _run_with_limit(s3, bucket, {"inline.txt": "i" * LIMIT, "remote.bin": {"uri": uri}})
-    assert {"inline.txt", "remote.bin"} <= set(result["extra_files"])
-
-
-def _put(s3: Any, bucket: str, key: str, data: bytes) -> str:
-    s3.put_object(Bucket=bucket, Key=key, Body=data)
-    return f"s3://{bucket}/{key}"
-
-
-# -- zip-slip: a hostile archive cannot steer a consumer outside its target ---------------------------
-
-#: Extra-file names a hostile archive may carry (as ``archive/extra/<name>`` records).
-SLIP_NAMES = ["../../evil.txt", "/etc/evil.txt", "a/../../../evil.txt", "..\\..\\evil.txt", "C:/evil.txt"]
-
-
-def _archive(names: list[str]) -> bytes:
-    """A stored (uncompressed) zip laid out like a TorchScript archive, with these extra names."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr("archive/data.pkl", b"not a real model")
-        archive.writestr("archive/extra/ok.txt", b"fine")
-        for name in names:
-            archive.writestr(f"archive/extra/{name}", f"payload of {name}".encode())
-    return buf.getvalue()
-
-
-def _manifest_json(uri: str, data: bytes) -> bytes:
-    """A manifest, as plain JSON, listing every extra record of ``data`` as it is stored."""
-    entries = []
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        for info in archive.infolist():
-            if info.filename.startswith("archive/extra/"):
-                body = archive.read(info)
-                # The data follows the 30-byte local header, its name and its extra field.
-                lengths = data[info.header_offset + 26 : info.header_offset + 30]
-                offset = (
-                    info.header_offset
-                    + 30
-                    + int.from_bytes(lengths[:2], "little")
-                    + int.from_bytes(lengths[2:], "little")
-                )
-                assert data[offset : offset + len(body)] == body
-                entries.append(
-                    {
-                        "name": info.filename.removeprefix("archive/extra/"),
-                        "size": len(body),
-                        "sha256": hashlib.sha256(body).hexdigest(),
-                        "offset": offset,
-                    }
-                )
-    manifest = {
-        "schema_version": 2,
-        "artifact": {
-            "uri": uri,
-            "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "format": "torchscript",
-            "format_version": 1,
-            "archive_root": "archive",
-            "etag": "",
-        },
-        "spec": {},
-        "spec_hash": "0" * 64,
-        "extra_files": entries,
-        "producer": {"torch": "0", "python": "0", "export_worker": "0", "device": "cpu", "host": "h", "builder": None},
-        "created_at": datetime.now(UTC).isoformat(),
-        "verification": None,
-        "metadata": {},
-    }
-    return json.dumps(manifest, sort_keys=True).encode()
-
-
-def _store(s3: Any, bucket: str, prefix: str, names: list[str]) -> tuple[str, bytes]:
-    """Store an archive with these extra names and its manifest; the archive's URI and the manifest."""
-    data = _archive(names)
-    uri = f"s3://{bucket}/{prefix}/model.pt"
-    manifest = _manifest_json(uri, data)
-    s3.put_object(Bucket=bucket, Key=f"{prefix}/model.pt", Body=data)
-    s3.put_object(Bucket=bucket, Key=manifest_uri_for(uri).split("/", 3)[3], Body=manifest)
-    return uri, manifest
-
-
-@pytest.fixture()
-def hostile(s3: Any, bucket: str) -> tuple[str, bytes]:
-    """An archive with every hostile name, and a manifest listing them, in the moto bucket."""
-    return _store(s3, bucket, "hostile", SLIP_NAMES)
-
-
-@pytest.fixture()
-def safe(s3: Any, bucket: str) -> tuple[str, bytes]:
-    """The same kind of archive with only a safe extra file: the control."""
-    return _store(s3, bucket, "safe", [])
-
-
-def _tree(path: pathlib.Path) -> list[str]:
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
-
-
-@pytest.fixture()
-def empty_cwd(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[pathlib.Path]:
-    """An empty working directory, under an otherwise empty folder: nothing may appear in either."""
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    yield work
-    assert _tree(tmp_path) == ["cwd"], "a file was written"
-
-
-def test_a_safe_name_reads_back_with_and_without_the_manifest(s3: Any, safe: tuple[str, bytes]) -> None:
-    from serializer.consumer.extras import read_extra_file
-
-    uri, manifest = safe
-    assert read_extra_file(s3, uri, "ok.txt", manifest=Manifest.from_json(manifest)) == b"fine"
-    assert read_extra_file(s3, uri, "ok.txt") == b"fine"
-
-
-@pytest.mark.usefixtures("empty_cwd")
-@pytest.mark.parametrize("with_manifest", [True, False], ids=["manifest", "zip-directory"])
-@pytest.mark.parametrize("name", SLIP_NAMES)
-def test_read_extra_file_refuses_unsafe_names(
-    s3: Any, hostile: tuple[str, bytes], name: str, with_manifest: bool
-) -> None:
-    from serializer.consumer.extras import read_extra_file
-
-    uri, manifest = hostile
-    with pytest.raises(SerializerError) as info:
-        read_extra_file(s3, uri, name, manifest=Manifest.from_json(manifest) if with_manifest else None)
-    assert name in str(info.value) or repr(name) in str(info.value), info.value
-
-
-@pytest.mark.usefixtures("empty_cwd")
-@pytest.mark.parametrize("no_manifest", [False, True], ids=["manifest", "zip-directory"])
-@pytest.mark.parametrize("name", SLIP_NAMES)
-def test_exportctl_extra_refuses_unsafe_names(
-    moto_endpoint: str,
-    hostile: tuple[str, bytes],
-    monkeypatch: pytest.MonkeyPatch,
-    capsysbinary: pytest.CaptureFixture[bytes],
-    name: str,
-    no_manifest: bool,
-) -> None:
-    from worker.cli import main
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
-    status = main(["extra", hostile[0], name, *(["--no-manifest"] if no_manifest else [])])
-    out, err = capsysbinary.readouterr()
-    assert (status, out) == (1, b""), f"exit {status}, wrote {out!r}"
-    assert b"error:" in err
-
-
-def test_exportctl_extra_writes_a_safe_name_to_stdout_only(
-    moto_endpoint: str,
-    safe: tuple[str, bytes],
-    empty_cwd: pathlib.Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsysbinary: pytest.CaptureFixture[bytes],
-) -> None:
-    from worker.cli import main
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
-    assert main(["extra", safe[0], "ok.txt"]) == 0
-    assert main(["extra", safe[0], "ok.txt", "--no-manifest"]) == 0
-    assert capsysbinary.readouterr().out == b"finefine"
-    assert _tree(empty_cwd) == []
-
-
-@pytest.mark.parametrize("name", SLIP_NAMES)
-def test_manifest_from_json_refuses_unsafe_extra_names(name: str) -> None:
-    from serializer.errors import ManifestError
-
-    manifest = _manifest_json("s3://bucket/hostile/model.pt", _archive([name]))
-    with pytest.raises(ManifestError, match="extra_files"):
-        Manifest.from_json(manifest)
-
-
-def test_exported_archives_hold_only_safe_names(s3: Any, bucket: str) -> None:
-    # The producing side: every record of a real export lies under the archive's root and
-    # every extra file's name passes the name rules, so extracting it cannot leave a target.
-    from serializer.archive.extras import validate_extra_name
-
-    result = _run_with_limit(s3, bucket, {"docs/readme.md": "# hi\n", "labels.txt": "a\nb\n"}, limit=1024**2)
-    data = s3.get_object(Bucket=bucket, Key=result["artifact_uri"].split("/", 3)[3])["Body"].read()
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        names = archive.namelist()
-    root = names[0].split("/", 1)[0]
-    for name in names:
-        assert name.startswith(f"{root}/") and validate_extra_name(name) == name
-    raw = s3.get_object(Bucket=bucket, Key=manifest_uri_for(result["artifact_uri"]).split("/", 3)[3])["Body"].read()
-    for entry in Manifest.from_json(raw).extra_files:
-        assert validate_extra_name(entry.name) == entry.name
+#: Spellings of the forbidden ``tests.never_import`` (or ways around the prefix check).
+NEVER_IMPORT_SPELLINGS = [
+    "tests.never_import:build",
+    "tests.never_import.__init__:build",
+    "tests:never_import",
+    "tests.fixtures.never_import:build",
+    "tests.fixtures_never_import:build",
+    "tests.fixtures.__init__:build",
+    "tests.fixtures..never_import:build",
+    " tests.never_import:build",
+    "tests.never_import:build ",
+    "tests.never_import :build",
+    "tests.never_import:build\n",
+    "tests.fixtures\n.never_import:build",
+    "tests.fixtures,tests.never_import:build",
+    "tests/never_import:build",
+    "tests/../tests/never_import:build",
+    "Tests.never_import:build",
+    "TESTS.NEVER_IMPORT:build",
+    "tests.\uff4eever_import:build",  # fullwidth n
+    "tests.n\u0435ver_import:build",  # Cyrillic e
+    "tests.never_import\u200b:build",
+    "tests.fixtures:__import__",
+    "tests.fixtures:__builtins__",
+    "tests.fixtures:__class__",
+    "worker.examples:__loader__",
+    "importlib:import_module",
+    "builtins:__import__",
+    "runpy:run_module",
+]
