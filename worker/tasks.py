@@ -84,7 +84,7 @@ def _transient(exc: BaseException) -> bool:
     default_retry_delay=WORKER_LOST_DELAY,
 )
 def export_model(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
-    """Export the model ``spec`` names (see CONTRACT.md); returns the result dict.
+    """Export the model ``spec`` names (see docs/contract.md); returns the result dict.
 
     Permanent errors (bad spec, builder not allowed, not scriptable, missing objects) fail
     at once with a message naming the cause; transient S3 and broker errors are retried
