@@ -79,5 +79,5 @@ def weed_grpc_sockets(ports: Mapping[str, int]) -> list[Path]:
     """The sockets weed puts at fixed paths, named by port: it removes them on a clean stop;
     whoever had to kill it removes them."""
     # weed's own fixed place, not one this process chose.
-    folder = Path("/tmp")  # noqa: S108
+    folder = Path("/tmp")
     return [folder / f"seaweedfs-{name}-grpc-{port + WEED_GRPC_OFFSET}.sock" for name, port in ports.items()]

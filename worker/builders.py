@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from botocore.exceptions import ClientError
 from celery.exceptions import SoftTimeLimitExceeded
+from torch.export import Dim
 
 from serializer.s3.client import S3Client
 from serializer.s3.retry import error_code
@@ -211,8 +212,6 @@ def dynamic_shapes_for(entries: Sequence[InputDims | None] | None) -> tuple[Any,
     input, ``{dim: torch.export.Dim}``; dimensions sharing a name share one ``Dim``."""
     if entries is None:
         return None
-    from torch.export import Dim
-
     dims: dict[str, Any] = {}
 
     def dim(value: DimSpec | str) -> Any:

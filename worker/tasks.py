@@ -8,6 +8,8 @@ import random
 import time
 from typing import Any
 
+import redis
+import torch
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
@@ -19,13 +21,14 @@ from serializer.s3.client import S3Client, make_s3_client
 from serializer.s3.retry import is_transient
 
 from . import bulk, metrics
-from .bulk import Planner, check_source
+from .bulk import Action, Outcome, Planner, RunStatus, check_source
 from .celery import app
 from .errors import ExportError
 from .export import Stage, run_export
 from .keys import export_keys
 from .settings import Settings
 from .spec import ExportSpec, parse_spec
+from .sweeper import sweep
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +54,6 @@ def s3_client(settings: Settings) -> Any:
 
 
 def torch_version() -> str:
-    import torch
-
     return str(torch.__version__)
 
 
@@ -60,8 +61,6 @@ def redis_client(settings: Settings) -> Any:
     """One Redis client per process for bulk-run state (the broker's Redis)."""
     global _redis  # noqa: PLW0603 - a per-process cache; the client is thread-safe
     if _redis is None:
-        import redis
-
         _redis = redis.Redis.from_url(settings.broker_url, socket_timeout=30, socket_connect_timeout=10)
     return _redis
 
@@ -239,16 +238,15 @@ def reexport_item(self: Task, run_id: str, item: dict[str, Any]) -> dict[str, An
         run = bulk.BulkRun.load(redis, run_id, settings)
     except ExportError as exc:
         log.warning("bulk %s item %s: %s", run_id, item.get("id"), exc)
-        return {"outcome": "skipped", "error": str(exc)}
+        return {"outcome": Outcome.SKIPPED, "error": str(exc)}
     client = s3_client(settings)
     status = run.status()
-    if status in ("finished", "failed", "expired") or run.is_counted(item):
+    if status in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.EXPIRED) or run.is_counted(item):
         log.info("bulk %s item %s: the run is %s or the item was counted; nothing to do", run_id, item["id"], status)
-        return {"outcome": "skipped", "error": None}
+        return {"outcome": Outcome.SKIPPED, "error": None}
     started = time.monotonic()
-    outcome, error = "failed", None
     release = None
-    if status != "superseded":  # an interrupted run's leftover jobs export nothing: its successor does
+    if status != RunStatus.SUPERSEDED:  # an interrupted run's leftover jobs export nothing: its successor does
         release = bulk.target_lock(redis, item["target"], bulk.target_lock_ttl(settings), owner=self.request.id)
         if release is None:
             # Another export of this target is running (or died holding the lock, which then
@@ -257,51 +255,78 @@ def reexport_item(self: Task, run_id: str, item: dict[str, Any]) -> dict[str, An
             raise self.retry(countdown=bulk.TARGET_LOCK_POLL, max_retries=None)
     spec = parse_spec(item["spec"])
     clock = metrics.StageClock(self.request.id, spec.spec_hash, spec.name)
+    outcome: Outcome = Outcome.SUPERSEDED
+    error = None
     try:
-        if release is None:
-            outcome = "superseded"
-        else:
-            with metrics.in_flight():
-                result = run_export(
-                    spec,
-                    settings=settings,
-                    client=client,
-                    progress=lambda stage, info: clock.stage(stage.value, info),
-                    replace=item["action"] == "replace",
-                    exclusive=True,
-                )
-            outcome = "skipped" if result["skipped"] else "exported"
-    except (SerializerError, BotoCoreError, ClientError, RedisConnectionError, RedisTimeoutError) as exc:
-        if _transient(exc) and self.request.retries < settings.task_max_retries:
-            delay = random.uniform(0, min(RETRY_CAP, RETRY_BASE * 2**self.request.retries))
-            log.warning("bulk %s item %s: transient error, retry in %.1f s: %s", run_id, item["id"], delay, exc)
-            raise self.retry(exc=exc, countdown=delay) from exc
-        error = f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # noqa: BLE001 - one export's failure, whatever it is, never stops the run
-        error = f"{type(exc).__name__}: {exc}"
+        if release is not None:
+            outcome, error = _export_item(self, run_id, item, spec, clock, settings, client)
     finally:
         if release is not None:
             release()
-    if outcome != "superseded":
+    if outcome != Outcome.SUPERSEDED:
         clock.finish(outcome)
+    _count_item(self, run, item, outcome, time.monotonic() - started, error, client)
+    return {"outcome": outcome, "error": error}
+
+
+def _export_item(
+    task: Task,
+    run_id: str,
+    item: dict[str, Any],
+    spec: ExportSpec,
+    clock: metrics.StageClock,
+    settings: Settings,
+    client: S3Client,
+) -> tuple[Outcome, str | None]:
+    """Export one item under its target's lock: its outcome and error; a transient error is
+    retried (by raising Celery's Retry) while retries are left."""
+    try:
+        with metrics.in_flight():
+            result = run_export(
+                spec,
+                settings=settings,
+                client=client,
+                progress=lambda stage, info: clock.stage(stage.value, info),
+                replace=item["action"] == Action.REPLACE,
+                exclusive=True,
+            )
+        return (Outcome.SKIPPED if result["skipped"] else Outcome.EXPORTED), None
+    except (SerializerError, BotoCoreError, ClientError, RedisConnectionError, RedisTimeoutError) as exc:
+        if _transient(exc) and task.request.retries < settings.task_max_retries:
+            delay = random.uniform(0, min(RETRY_CAP, RETRY_BASE * 2**task.request.retries))
+            log.warning("bulk %s item %s: transient error, retry in %.1f s: %s", run_id, item["id"], delay, exc)
+            raise task.retry(exc=exc, countdown=delay) from exc
+        return Outcome.FAILED, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one export's failure, whatever it is, never stops the run
+        return Outcome.FAILED, f"{type(exc).__name__}: {exc}"
+
+
+def _count_item(
+    task: Task,
+    run: bulk.BulkRun,
+    item: dict[str, Any],
+    outcome: Outcome,
+    seconds: float,
+    error: str | None,
+    client: S3Client,
+) -> None:
+    """Count a finished item; the item that leaves nothing in flight and nothing to do
+    dispatches the next ones and, when the run is over, stores its report as its result."""
     # Progress first: once counted, this item may be the last and store the run's result.
-    _publish_progress(self, run)
-    if run.complete(item, outcome, time.monotonic() - started, error):
+    _publish_progress(task, run)
+    if run.complete(item, outcome, seconds, error):
         try:
             run.dispatch(_send_item)
         finally:
             if run.try_finish():
                 report = run.finalize(client)
-                self.backend.store_result(run_id, report, "SUCCESS")
-    return {"outcome": outcome, "error": error}
+                task.backend.store_result(run.keys.run_id, report, "SUCCESS")
 
 
 @app.task(bind=True, name="worker.tasks.sweep_stale", acks_late=True)
 def sweep_stale(self: Task, prefixes: list[str] | None = None, older_than: float | None = None) -> dict[str, int]:
     """Abort stale multipart uploads and delete stale staging objects and orphan archives
     under ``prefixes`` (default ``EXPORT_SWEEP_PREFIXES``); see worker/sweeper.py."""
-    from .sweeper import sweep
-
     settings: Settings = self.app.conf.export_settings
     chosen = list(prefixes if prefixes is not None else settings.sweep_prefixes)
     age = older_than if older_than is not None else settings.stale_after

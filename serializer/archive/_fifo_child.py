@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -29,12 +31,8 @@ def main() -> int:
     # Opened without blocking so the parent can open its end; reading waits for "go",
     # sent once the parent holds a write end (before that, a read would see EOF).
     fd = os.open(config["fifo"], os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        import fcntl
-
+    with contextlib.suppress(OSError):  # a larger pipe is an optimisation only
         fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
-    except OSError:
-        pass
     client = make_s3_client(
         endpoint_url=config["endpoint_url"],
         region_name=config["region_name"],

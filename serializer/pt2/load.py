@@ -11,6 +11,10 @@ from collections.abc import Iterator
 
 import torch
 
+# torch.export.load logs and falls back to a pre-2.8 layout on any error, which then fails
+# with a message about that layout: the PT2 loader is called directly.
+from torch.export.pt2_archive._package import load_pt2
+
 from ..errors import ArchiveError
 from ..s3.client import S3Client
 from ..s3.ranged import download_checked
@@ -47,10 +51,6 @@ def load_pt2_file(path: str, *, source: str | None = None) -> tuple[torch.export
     where = source or path
     check_pt2_payloads(path, source=source)
     try:
-        # torch.export.load logs and falls back to a pre-2.8 layout on any error, which
-        # then fails with a message about that layout: the PT2 loader is called directly.
-        from torch.export.pt2_archive._package import load_pt2
-
         with _weights_only_loads():
             contents = load_pt2(path)
         program = contents.exported_programs[PROGRAM]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from botocore.exceptions import ClientError
 
 from serializer.errors import InvalidURI, ManifestError
@@ -162,8 +163,6 @@ def _catalog_lines(client: S3Client, source: str) -> Iterator[str]:
 def _yaml_candidates(client: S3Client, source: str) -> Iterator[Candidate]:
     """A YAML catalog: a list of specs, or one spec per document.  Parsed whole (YAML has no
     line-by-line form); JSON Lines is the format for very large catalogs."""
-    import yaml
-
     text = "".join(_catalog_lines(client, source))
     try:
         documents = list(yaml.safe_load_all(text))
