@@ -30,7 +30,7 @@ def _loads_bounded(data: str | bytes) -> Any:
     pickling overflow the stack and kill the whole worker, and the next one, when Redis
     redelivers the job.  Anything deeper than MAX_MESSAGE_DEPTH is replaced by a marker
     nested just as deep as allowed: the job then fails its spec validation (JSON nested too
-    deep, worker/spec.py), with its message, in a pool process, and the worker lives.
+    deep, worker.spec.limits), with its message, in a pool process, and the worker lives.
     """
     from kombu.utils.json import loads
 

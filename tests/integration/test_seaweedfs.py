@@ -29,7 +29,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from devtools.processes import stop_process_group
 from devtools.seaweedfs import weed_binary, weed_grpc_sockets, weed_mini_command, weed_ports
 from serializer.consumer.extras import read_extra_file
 from serializer.consumer.verify import verify_artifact
@@ -100,19 +100,6 @@ class SeaweedFS:
         return name
 
 
-def _stop_group(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    """SIGTERM the process group weed mini leads; SIGKILL it if it lingers."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def _wait_until_writable(store: SeaweedFS, proc: subprocess.Popen[bytes]) -> None:
     """Poll until the S3 port lists buckets and a small object can be written (volumes are
     allocated lazily after start); fail early if weed exited."""
@@ -158,7 +145,7 @@ def weed_mini(weed: str, home: Path, access_key: str, secret_key: str) -> Iterat
         _wait_until_writable(store, proc)
         yield store
     finally:
-        _stop_group(proc)
+        stop_process_group(proc)
         for socket_path in weed_grpc_sockets(ports):
             socket_path.unlink(missing_ok=True)
 

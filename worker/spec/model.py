@@ -7,164 +7,36 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic import Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from serializer.archive.extras import decode_base64, validate_extra_name
 from serializer.formats import DEFAULT_FORMAT, Format
 from serializer.manifest.model import canonical_json, spec_digest
 from serializer.s3.uri import parse_s3_uri
 
-from .errors import SpecError
+from ..errors import SpecError
+from .base import Strict
+from .extras import ExtraBase64, ExtraSource, dump_source
+from .inputs import (
+    DimSpec,
+    InputDims,
+    TensorSpec,
+    value_shape,
+)
+from .limits import MAX_JSON_BYTES, MAX_TOTAL_ELEMENTS, check_depth
 
-#: dtypes an example input may have (names as torch spells them).
-DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"})
-INT_DTYPES = frozenset({"int8", "uint8", "int16", "int32", "int64"})
-#: Smallest and largest value of each integer dtype.
-INT_RANGES = {
-    "int8": (-(2**7), 2**7 - 1),
-    "uint8": (0, 2**8 - 1),
-    "int16": (-(2**15), 2**15 - 1),
-    "int32": (-(2**31), 2**31 - 1),
-    "int64": (-(2**63), 2**63 - 1),
-}
-#: Bounds ``[low, high)`` of synthesized integer inputs where the spec gives none, clipped to the dtype.
-DEFAULT_INT_BOUNDS = (0, 100)
-#: Largest synthesized example input, in elements (64 Mi floats = 256 MiB): an example
-#: input is for tracing and checking, not a data set.
-MAX_INPUT_ELEMENTS = 64 * 1024**2
-#: Most dimensions of one example input.
-MAX_DIMS = 8
-#: Largest JSON size of ``kwargs`` / ``metadata`` / inline extra files / given values, in bytes.
-MAX_JSON_BYTES = 1024**2
-#: Deepest nesting of JSON in a spec (kwargs, metadata, values): a deeper job is refused
-#: before anything (Celery's pool, pydantic, the hash) recurses through it.
-MAX_JSON_DEPTH = 32
-#: Most elements of all synthesized example inputs of a spec together.
-MAX_TOTAL_ELEMENTS = 64 * 1024**2
 #: Extra-file sources.
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
 _BUILDER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d{1,2})$")
 
 
-class _Strict(BaseModel):
-    # Strict types: JSON's true is not 1, "5" is not 5; no infinities or NaNs.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
-class TensorSpec(_Strict):
-    """An example input: synthesized from ``shape``/``dtype`` (seeded), or given as ``value``."""
-
-    dtype: str = "float32"
-    shape: list[Annotated[int, Field(ge=0, le=2**31)]] | None = None
-    value: Any = None
-    # int first: a bound above 2**53 stays exact.
-    low: int | float | None = None
-    high: int | float | None = None
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype(cls, v: str) -> str:
-        if v not in DTYPES:
-            raise ValueError(f"unknown dtype {v!r}; use one of {', '.join(sorted(DTYPES))}")
-        return v
-
-    @model_validator(mode="after")
-    def _shape_or_value(self) -> TensorSpec:
-        if (self.shape is None) == (self.value is None):
-            raise ValueError("give exactly one of 'shape' (synthesized) or 'value' (nested list)")
-        if self.value is not None and (self.low is not None or self.high is not None):
-            raise ValueError("'low'/'high' apply to synthesized inputs, not to a given 'value'")
-        if self.shape is not None:
-            if len(self.shape) > MAX_DIMS:
-                raise ValueError(f"at most {MAX_DIMS} dimensions, got {len(self.shape)}")
-            if math.prod(self.shape) > MAX_INPUT_ELEMENTS:
-                raise ValueError(f"shape {self.shape} has more than {MAX_INPUT_ELEMENTS} elements")
-        if self.value is not None and len(canonical_json(self.value)) > MAX_JSON_BYTES:
-            raise ValueError(f"'value' is larger than {MAX_JSON_BYTES} bytes of JSON")
-        if (self.low is not None or self.high is not None) and self.dtype not in INT_DTYPES:
-            raise ValueError("'low'/'high' apply to integer dtypes only")
-        if self.low is not None and self.high is not None and not self.low < self.high:
-            raise ValueError("'low' must be below 'high'")
-        if self.dtype in INT_DTYPES and self.shape is not None:
-            for field in ("low", "high"):
-                bound = getattr(self, field)
-                if bound is not None and not float(bound).is_integer():
-                    raise ValueError(f"{field!r} must be a whole number for {self.dtype}, got {bound}")
-            low, high = self.int_bounds()
-            smallest, largest = INT_RANGES[self.dtype]
-            # torch.randint's high is exclusive, and must itself fit in an int64.
-            if not smallest <= low < high <= min(largest + 1, INT_RANGES["int64"][1]):
-                raise ValueError(
-                    f"'low'/'high' give [{low}, {high}), which is empty or outside {self.dtype} "
-                    f"([{smallest}, {largest}]); the defaults are [{DEFAULT_INT_BOUNDS[0]}, {DEFAULT_INT_BOUNDS[1]})"
-                )
-        return self
-
-    def int_bounds(self) -> tuple[int, int]:
-        """``[low, high)`` of a synthesized integer input: the given bounds, else the defaults
-        clipped to the dtype."""
-        smallest, largest = INT_RANGES[self.dtype]
-        low = int(self.low) if self.low is not None else max(smallest, DEFAULT_INT_BOUNDS[0])
-        high = int(self.high) if self.high is not None else min(largest, DEFAULT_INT_BOUNDS[1])
-        return low, high
-
-
-class ExtraText(_Strict):
-    text: str
-
-
-class ExtraBase64(_Strict):
-    base64: str
-
-
-class ExtraURI(_Strict):
-    uri: str
-
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, v: str) -> str:
-        parse_s3_uri(v)
-        return v
-
-
-ExtraSource = str | ExtraText | ExtraBase64 | ExtraURI
-
 #: Spec fields added after the first release, left out of the spec's JSON (and so of its
 #: hash and keys) while they hold their default: every earlier spec keeps its hash.
 _OMITTED_AT_DEFAULT = {"format": DEFAULT_FORMAT, "dynamic_shapes": None}
-_DIM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
-class DimSpec(_Strict):
-    """A dynamic dimension of a ``.pt2`` export (``torch.export.Dim``); dimensions that
-    share a name are one symbol: torch.export keeps them equal."""
-
-    name: str
-    min: int | None = Field(default=None, ge=0, le=2**62)
-    # torch.export treats sizes 0 and 1 as static: a dynamic dimension spans at least 2.
-    max: int | None = Field(default=None, ge=2, le=2**62)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _DIM_NAME_RE.fullmatch(v):
-            raise ValueError(f"dimension name must be a Python identifier of at most 64 characters, got {v!r}")
-        return v
-
-    @model_validator(mode="after")
-    def _bounds(self) -> DimSpec:
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min {self.min} is above max {self.max}")
-        return self
-
-
-#: One input's dynamic dimensions: dimension index (as a JSON key) -> a named dimension,
-#: or ``"auto"`` (torch.export decides, ``Dim.AUTO``).
-InputDims = dict[str, DimSpec | Literal["auto"]]
-
-
-class ExportSpec(_Strict):
+class ExportSpec(Strict):
     """What to export, where to: the spec of docs/contract.md, plus tolerances and a seed."""
 
     name: Name
@@ -235,7 +107,7 @@ class ExportSpec(_Strict):
             validate_extra_name(name)
             if isinstance(source, ExtraBase64):
                 decode_base64(name, source.base64)
-        if len(canonical_json({k: _dump(s) for k, s in v.items()})) > 16 * MAX_JSON_BYTES:
+        if len(canonical_json({k: dump_source(s) for k, s in v.items()})) > 16 * MAX_JSON_BYTES:
             raise ValueError("inline extra files are larger than 16 MiB; store them in S3 and give a 'uri'")
         return v
 
@@ -280,7 +152,7 @@ class ExportSpec(_Strict):
             )
         named: dict[str, DimSpec] = {}
         for i, (dims, tensor) in enumerate(zip(self.dynamic_shapes, self.example_inputs, strict=True)):
-            shape = tensor.shape if tensor.shape is not None else _value_shape(tensor.value)
+            shape = tensor.shape if tensor.shape is not None else value_shape(tensor.value)
             for key, dim in (dims or {}).items():
                 if not (key.isascii() and key.isdigit() and key == str(int(key))) or int(key) >= len(shape):
                     raise ValueError(
@@ -341,19 +213,6 @@ class ExportSpec(_Strict):
         return spec_digest(self.to_json_dict())
 
 
-def _value_shape(value: Any) -> list[int]:
-    """The shape of a nested list as torch.tensor reads it (from its first elements)."""
-    shape = []
-    while isinstance(value, list):
-        shape.append(len(value))
-        value = value[0] if value else None
-    return shape
-
-
-def _dump(source: ExtraSource) -> Any:
-    return source if isinstance(source, str) else source.model_dump()
-
-
 def parse_spec(data: Any) -> ExportSpec:
     """Validate a JSON-able dict as an :class:`ExportSpec`.
 
@@ -377,28 +236,3 @@ def parse_spec(data: Any) -> ExportSpec:
             f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}" for err in exc.errors(include_url=False)
         )
         raise SpecError(f"invalid spec: {problems}") from None
-
-
-def json_depth_exceeds(data: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
-    """The path of the first value nested deeper than ``limit`` levels, or None (iterative:
-    deep input cannot exhaust the stack)."""
-    stack: list[tuple[Any, int, str]] = [(data, 0, "spec")]
-    while stack:
-        value, depth, path = stack.pop()
-        if isinstance(value, dict | list | tuple):
-            if depth >= limit:
-                return path
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            stack.extend((v, depth + 1, f"{path}.{k}") for k, v in items)
-    return None
-
-
-def check_depth(data: Any) -> None:
-    """Refuse JSON nested deeper than MAX_JSON_DEPTH.
-
-    Raises:
-        SpecError: naming where.
-    """
-    where = json_depth_exceeds(data)
-    if where is not None:
-        raise SpecError(f"invalid spec: {where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
