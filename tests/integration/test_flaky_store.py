@@ -12,7 +12,7 @@ mode, the writer's retries, 60 s read timeout) except:
   one retry (two attempts, ~20 s) instead of five retries with up to a minute of backoff.
 
 Stalls last :data:`STALL_SECONDS` and end in a reset: a stall longer than the client's read
-timeout (60 s, serializer/client.py) would cost a minute per stalled request.
+timeout (60 s, serializer/s3/client.py) would cost a minute per stalled request.
 
 The last tests exhaust botocore's retry
 quota in the worker process that runs them, so they run after the others.

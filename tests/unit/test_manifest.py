@@ -253,7 +253,7 @@ def test_committed_schema_is_current() -> None:
     with SCHEMA_PATH.open(encoding="utf-8") as f:
         committed = json.load(f)
     assert json_schema() == committed, (
-        f"{SCHEMA_PATH.name} is out of date with serializer/manifest.py; regenerate it with `{REGENERATE}`"
+        f"{SCHEMA_PATH.name} is out of date with serializer/manifest/model.py; regenerate it with `{REGENERATE}`"
     )
 
 
