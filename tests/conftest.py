@@ -17,14 +17,28 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 # The tests pick their endpoints themselves; an endpoint from the caller's shell must not leak in.
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+#: The suite's buckets have random names, so its settings are explicitly unscoped (``*``);
+#: a test of the defaults asks for the ``default_scopes`` fixture, a scoped test sets its own.
+UNSCOPED_ENV = {"EXPORT_READ_SCOPES": "*", "EXPORT_WRITE_SCOPES": "*"}
+os.environ.update(UNSCOPED_ENV)
 
 
 @pytest.fixture()
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No EXPORT_ / CELERY_ setting from the caller's shell (a report prefix, an allow-list)."""
+    """No EXPORT_ / CELERY_ setting from the caller's shell (a report prefix, an allow-list); the
+    scopes stay the suite's unscoped ``*``."""
     for name in list(os.environ):
         if name.startswith(("EXPORT_", "CELERY_")):
             monkeypatch.delenv(name)
+    for name, value in UNSCOPED_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture()
+def default_scopes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped scopes (``EXPORT_READ_SCOPES`` / ``EXPORT_WRITE_SCOPES`` unset), not the suite's ``*``."""
+    for name in UNSCOPED_ENV:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -41,3 +41,9 @@ class VerificationFailed(ExportError):
 
 class ExportConflict(ExportError):
     """Raised when another export holds the same keys and did not finish in time."""
+
+
+class ScopeError(SpecError):
+    """Raised when a spec or a run names an S3 location outside ``EXPORT_READ_SCOPES`` /
+    ``EXPORT_WRITE_SCOPES``, or one with ``.``, ``..`` or empty path segments; nothing is sent
+    to that location."""

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from serializer.formats import Format
 from serializer.s3.parts import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE, MIN_PART_SIZE, parse_size
+
+from .scopes import parse_scopes
 
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 
@@ -20,6 +31,13 @@ def _split_commas(value: object) -> object:
 
 
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
+#: A comma list of ``s3://bucket[/prefix]`` scopes, canonical (worker/scopes.py), or ``*``.
+ScopeList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas), AfterValidator(parse_scopes)]
+
+#: The bucket ``exportctl demo`` creates: a fresh install's scopes allow it and nothing else.
+DEMO_BUCKET = "export-demo"
+#: Where jobs may read and write when EXPORT_READ_SCOPES / EXPORT_WRITE_SCOPES are unset.
+DEFAULT_SCOPES = (f"s3://{DEMO_BUCKET}",)
 
 #: File suffixes read as catalogs of specs; any other selection is an ``s3://`` prefix.
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -121,6 +139,16 @@ class Settings(BaseSettings):
     allowed_builders: CommaList = Field(
         default=DEFAULT_ALLOWED_BUILDERS,
         description="comma-separated module prefixes a spec's builder may be imported from",
+    )
+    read_scopes: ScopeList = Field(
+        default=DEFAULT_SCOPES,
+        description="comma-separated s3://bucket/prefix list jobs may read (weights, extra files, catalogs, "
+        "manifests of a bulk selection); * allows every location (single-team deployments and tests only)",
+    )
+    write_scopes: ScopeList = Field(
+        default=DEFAULT_SCOPES,
+        description="comma-separated s3://bucket/prefix list jobs may write (destinations, bulk reports); "
+        "* allows every location (single-team deployments and tests only)",
     )
     part_size: ByteSize = Field(
         default=DEFAULT_PART_SIZE, ge=MIN_PART_SIZE, description="multipart part size (bytes, or e.g. 8MiB)"

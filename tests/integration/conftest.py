@@ -44,6 +44,9 @@ TEST_ENV = {
     "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
     "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
     "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+    # Random bucket names: the suite's workers are explicitly unscoped; scoped tests override.
+    "EXPORT_READ_SCOPES": "*",
+    "EXPORT_WRITE_SCOPES": "*",
 }
 
 

@@ -400,8 +400,13 @@ def test_a_replaced_exports_manifest_holds_the_etag_head_gives(
             monkeypatch.delenv(name)
     s3 = seaweed.client()
     bucket = seaweed.bucket()
+    settings = Settings(
+        allowed_builders=("worker.examples",),
+        spool_dir=str(tmp_path),
+        read_scopes=f"s3://{bucket}",
+        write_scopes=f"s3://{bucket}",
+    )
     spec = parse_spec(tiny_spec(bucket, 0))
-    settings = Settings(allowed_builders=("worker.examples",), spool_dir=str(tmp_path))
     first = run_export(spec, settings=settings, client=s3)
     again = run_export(spec, settings=settings, client=s3, replace=True)
     assert again["skipped"] is False and again["artifact_uri"] == first["artifact_uri"]

@@ -17,6 +17,7 @@ from serializer.manifest.model import Producer, build_manifest
 from serializer.producer import current_producer
 from serializer.s3.client import S3Client
 
+from ..access import check_spec_scopes
 from ..builders import builder_digest, resolve_device
 from ..keys import Keys, export_keys, staging_uri
 from ..settings import Settings
@@ -67,8 +68,10 @@ def run_export(
     the same keys: a job that loses the publish race waits for its manifest while it runs.
 
     Raises:
+        ScopeError: a location outside the deployment's scopes, before any request to the store.
         ExportError subclasses (permanent), or botocore errors (transient, for the task to retry).
     """
+    check_spec_scopes(spec, settings)
     report = progress or ignore_progress
     producer = current_producer(spec.device, builder_digest(spec.builder, settings.allowed_builders))
     keys = export_keys(spec, producer.torch)
