@@ -20,6 +20,7 @@ from serializer.archive.extras import ExtraFileInfo, sha256_hex
 from serializer.archive.info import ArchiveInfo
 from serializer.manifest.model import Manifest, Producer, build_manifest, canonical_json
 from serializer.torchscript.save import quiet_torchscript_deprecation
+from worker.allowlist import register_builder
 from worker.settings import Settings
 
 #: Every byte value once, in order: extra-file contents that text handling would damage.
@@ -118,6 +119,7 @@ class RepeatInt(nn.Module):
 # -- builders named by export specs (module "tests.fixtures", allowed in the worker tests) --
 
 
+@register_builder
 def tiny_linear(in_features: int = 4, out_features: int = 3, seed: int = 0) -> nn.Module:
     """A :class:`TinyLinear`, as a spec's builder."""
     return TinyLinear(in_features, out_features, seed)
@@ -136,6 +138,7 @@ class TokenSum(nn.Module):
         return self.embedding(ids).sum(dim=-2)
 
 
+@register_builder
 def token_sum(vocab: int = 10, dim: int = 3, seed: int = 0) -> nn.Module:
     """A :class:`TokenSum`, as a spec's builder."""
     return TokenSum(vocab, dim, seed)
@@ -154,6 +157,7 @@ class TwoInputs(nn.Module):
         return x @ self.w + self.bias[ids].sum(-1, keepdim=True)
 
 
+@register_builder
 def two_inputs(features: int = 4, vocab: int = 8) -> nn.Module:
     """A :class:`TwoInputs`, as a spec's builder."""
     return TwoInputs(features, vocab)
@@ -169,21 +173,25 @@ class Unscriptable(nn.Module):
             return x
 
 
+@register_builder
 def unscriptable() -> nn.Module:
     """An :class:`Unscriptable`, as a spec's builder."""
     return Unscriptable()
 
 
+@register_builder
 def param_blob(total_bytes: int, n_params: int = 3, seed: int = 0) -> nn.Module:
     """A :class:`ParamBlob`, as a spec's builder."""
     return ParamBlob(total_bytes, n_params, seed)
 
 
+@register_builder
 def not_a_module() -> object:
     """A builder that returns something other than a module."""
     return {"not": "a module"}
 
 
+@register_builder
 def slow_linear(seconds: float = 1.0, in_features: int = 4, out_features: int = 3, seed: int = 0) -> nn.Module:
     """A builder that takes ``seconds`` to build: keeps a bulk run's jobs in flight a while."""
     import time

@@ -1,9 +1,15 @@
-"""Bundled example builders: the default allow-list, and the demo's model."""
+"""Bundled example builders: the default allow-list, and the demo's model.
+
+Each builder is registered (:func:`~worker.allowlist.register_builder`): the module is allowed
+as a whole by default, and offers only those.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .allowlist import register_builder
 
 
 class TinyClassifier(nn.Module):
@@ -18,6 +24,7 @@ class TinyClassifier(nn.Module):
         return out
 
 
+@register_builder
 def tiny_classifier(in_features: int = 16, hidden: int = 32, classes: int = 4, seed: int = 0) -> nn.Module:
     """A :class:`TinyClassifier` with weights drawn from ``seed``."""
     torch.manual_seed(seed)

@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Port of the test redis-server, chosen once per session.
 REDIS_PORT = free_port()
 BROKER_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
-#: Builder modules the test worker may import (not ``tests.never_import``).
-ALLOWED_BUILDERS = "worker.examples,tests.fixtures"
+#: Builder modules the test worker may import (not ``tests.never_import``), each as a module
+#: of registered builders; ``tests.acme_models`` also imports names an attacker would give.
+ALLOWED_BUILDERS = "worker.examples,tests.fixtures,tests.acme_models"
 #: Seconds to wait for redis-server and for the worker to answer.
 REDIS_START_TIMEOUT = 15.0
 WORKER_START_TIMEOUT = 60.0
