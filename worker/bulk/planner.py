@@ -33,6 +33,7 @@ from serializer.manifest.model import Manifest
 from serializer.manifest.store import read_manifest
 from serializer.s3.client import S3Client
 
+from ..access import check_spec_scopes
 from ..errors import ExportError, SpecError
 from ..keys import export_keys
 from ..settings import Policy, Settings
@@ -143,6 +144,7 @@ class Planner:
                     Action.INVALID, f"cannot convert to {self.to_format}: {exc}", spec.name, candidate.source
                 )
         try:
+            check_spec_scopes(spec, self.settings)  # before its destination's manifest is read
             digest = self.builder_digest(spec.builder)
         except ExportError as exc:
             return Decision(Action.INVALID, str(exc), spec.name, candidate.source)

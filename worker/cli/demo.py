@@ -61,9 +61,12 @@ def check_demo_extra(env: dict[str, str]) -> None:
 
 
 @contextlib.contextmanager
-def _demo_services(tmp: str) -> Iterator[dict[str, str]]:
-    """Redis and S3 for the demo: the configured ones, or local ones started here."""
+def _demo_services(tmp: str, bucket: str) -> Iterator[dict[str, str]]:
+    """Redis and S3 for the demo: the configured ones, or local ones started here.  Scopes
+    the user has not set allow the demo's bucket, and nothing else."""
     env = dict(os.environ)
+    for name in ("EXPORT_READ_SCOPES", "EXPORT_WRITE_SCOPES"):
+        env.setdefault(name, f"s3://{bucket}")
     env.setdefault("AWS_ACCESS_KEY_ID", "demo")
     env.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -85,7 +88,7 @@ def demo(args: argparse.Namespace) -> int:
     check_demo_extra(dict(os.environ))
     with tempfile.TemporaryDirectory(prefix="export-worker-demo-") as tmp, contextlib.ExitStack() as stack:
         try:
-            env = stack.enter_context(_demo_services(tmp))
+            env = stack.enter_context(_demo_services(tmp, args.bucket))
         except ServiceMissing as exc:
             raise CommandError(str(exc)) from exc
         # The app reads its settings when first imported: from the services above.

@@ -18,6 +18,7 @@ from serializer.s3.client import make_s3_client
 
 from ..bulk import BulkRun, check_source, plan
 from ..errors import ExportError
+from ..scopes import check_read, check_write
 from ..settings import Settings
 from .output import CommandError, console, out
 
@@ -109,6 +110,7 @@ def status(args: argparse.Namespace) -> int:
 def reexport(args: argparse.Namespace) -> int:
     """``exportctl reexport SOURCE``: plan (``--dry-run``) or enqueue a bulk re-export."""
     source = check_source(args.source)
+    _check_reexport_scopes(source, args.report_to)
     if args.window is not None and args.window < 1:
         raise CommandError(f"--window must be at least 1, got {args.window}")
     if args.dry_run:
@@ -128,6 +130,16 @@ def reexport(args: argparse.Namespace) -> int:
     report = wait_for_bulk_run(result, args.timeout)
     sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return 0 if report.get("status") == "finished" and not report["counts"]["failed"] else 1
+
+
+def _check_reexport_scopes(source: str, report_to: str | None) -> None:
+    """Refuse here, before anything is sent or read, a selection outside this side's read
+    scopes or a ``--report-to`` outside its write scopes (the worker checks again)."""
+    settings = Settings()
+    if source.startswith("s3://"):
+        check_read(settings.read_scopes, source, "source")
+    if report_to is not None:
+        check_write(settings.write_scopes, report_to, "report_to")
 
 
 def _reexport_dry_run(source: str, policy: Any, *, as_json: bool, to_format: Any = None) -> int:

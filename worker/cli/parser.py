@@ -6,7 +6,7 @@ import argparse
 
 from serializer.formats import FORMATS
 
-from ..settings import POLICIES
+from ..settings import DEMO_BUCKET, POLICIES
 
 __all__ = ["build_parser"]
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the whole service on an embedded default and export an example")
-    demo.add_argument("--bucket", default="export-demo", help="bucket to write to (created if missing)")
+    demo.add_argument("--bucket", default=DEMO_BUCKET, help="bucket to write to (created if missing)")
     demo.add_argument("--format", choices=FORMATS, default="torchscript", help="archive format of the example export")
 
     submit = sub.add_parser("submit", help="validate a spec and enqueue its export")

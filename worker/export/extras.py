@@ -14,6 +14,8 @@ from serializer.s3.uri import parse_s3_uri
 from ..errors import SpecError
 from ..spec import ExportSpec, ExtraBase64, ExtraText, ExtraURI
 
+#: Codes of an object that is missing or forbidden: both read as "cannot be read".
+UNREADABLE_CODES = ("404", "NoSuchKey", "NoSuchBucket", "403", "AccessDenied")
 #: Largest extra file when no limit is given (EXPORT_MAX_EXTRA_FILE_BYTES).
 MAX_EXTRA_FILE_BYTES = 256 * 1024**2
 
@@ -67,6 +69,7 @@ def _fetch_extra(client: S3Client, name: str, uri: str, limit: int) -> bytes:
             )
         return bytes(client.get_object(Bucket=target.bucket, Key=target.key)["Body"].read())
     except ClientError as exc:
-        if error_code(exc) in ("404", "NoSuchKey", "NoSuchBucket", "403", "AccessDenied"):
-            raise SpecError(f"extra_files.{name}: {uri} cannot be read ({error_code(exc)})") from exc
+        if error_code(exc) in UNREADABLE_CODES:
+            # One message for missing and forbidden: which of the two it is is not the submitter's to learn.
+            raise SpecError(f"extra_files.{name}: {uri} cannot be read") from None
         raise
