@@ -92,10 +92,50 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
     return {"queue": GPU_QUEUE if str(device).startswith("cuda") else CPU_QUEUE}
 
 
+class ExportApp(Celery):  # type: ignore[misc]  # Celery is untyped
+    """The service's Celery app: its :class:`Settings` kept on the app, outside ``app.conf``.
+
+    ``app.conf`` is what ``celery inspect conf`` (and so Flower) shows; Celery censors its
+    own URL and key settings there, but an object of ours would be shown whole, broker
+    password and all.  The settings travel with the app where Celery pickles it (a pool
+    process started with ``spawn``), never through the broker.
+    """
+
+    def __init__(self, *args: Any, export_settings: Settings | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.export_settings = export_settings if export_settings is not None else Settings()
+
+    def __reduce_keys__(self) -> dict[str, Any]:
+        keys: dict[str, Any] = super().__reduce_keys__()
+        return {**keys, "export_settings": self.export_settings}
+
+
+def settings_of(app: Any) -> Settings:
+    """The :class:`Settings` the app (a task's ``self.app``) was created with.
+
+    Raises:
+        TypeError: ``app`` is not one :func:`create_app` made.
+    """
+    settings = getattr(app, "export_settings", None)
+    if not isinstance(settings, Settings):
+        raise TypeError(f"{app!r} is not the export worker's app (made by worker.celery.create_app)")
+    return settings
+
+
 def create_app(settings: Settings | None = None) -> Celery:
-    """A Celery app configured from ``settings`` (read from the environment when omitted)."""
+    """A Celery app configured from ``settings`` (read from the environment when omitted).
+
+    With ``EXPORT_MESSAGE_SIGNING_KEY`` (and its certificate and store) every message it
+    sends is signed and it accepts only signed ones (see :func:`use_message_signing`).
+    """
     settings = settings or Settings()
-    app = Celery("worker", broker=settings.broker_url, backend=settings.backend_url, include=["worker.tasks"])
+    app = ExportApp(
+        "worker",
+        broker=settings.broker_url,
+        backend=settings.backend_url,
+        include=["worker.tasks"],
+        export_settings=settings,
+    )
     transport = {
         "visibility_timeout": settings.visibility_timeout,
         "health_check_interval": 25,
@@ -143,8 +183,54 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
     )
     app.conf.beat_schedule = beat_schedule(settings)
-    app.conf.export_settings = settings
+    if settings.message_signing_key is not None:
+        use_message_signing(app, settings)
     return app
+
+
+#: Content types a signing app still decodes: ``auth``'s (signed task and control messages)
+#: and JSON (results and task events, which the worker writes and nothing executes).
+SIGNED_APP_CONTENT_TYPES = ("application/data", "application/json")
+
+
+def use_message_signing(app: Celery, settings: Settings) -> None:
+    """Sign every task and control message ``app`` sends, and accept only signed ones.
+
+    Celery's ``auth`` serializer: the JSON body is signed with the private key
+    (``EXPORT_MESSAGE_SIGNING_KEY``), the signer named by its certificate
+    (``EXPORT_MESSAGE_SIGNING_CERT``), and a message is accepted only where its signature
+    verifies against a certificate in the trusted folder (``EXPORT_MESSAGE_SIGNING_CERT_STORE``).
+    An unsigned message, or one signed by a key not trusted there, is refused and never run;
+    so are unsigned control commands (``shutdown``, ``revoke``, ``inspect``).  Results and
+    task events stay JSON.  Celery registers the serializer for the whole process.
+
+    Raises:
+        ValueError: a key or certificate that cannot be read, naming the setting.
+    """
+    from celery.exceptions import SecurityError
+
+    for name, path in (
+        ("EXPORT_MESSAGE_SIGNING_KEY", settings.message_signing_key),
+        ("EXPORT_MESSAGE_SIGNING_CERT", settings.message_signing_cert),
+        ("EXPORT_MESSAGE_SIGNING_CERT_STORE", settings.message_signing_cert_store),
+    ):
+        if path is None or not os.path.exists(path):
+            raise ValueError(f"{name}={path}: no such file or folder (message signing needs all three)")
+    app.conf.update(
+        security_key=settings.message_signing_key,
+        security_certificate=settings.message_signing_cert,
+        security_cert_store=settings.message_signing_cert_store,
+        security_digest="sha256",
+        task_serializer="auth",
+        accept_content=["auth"],
+        result_serializer="json",
+        result_accept_content=["json"],
+        event_serializer="json",
+    )
+    try:
+        app.setup_security(allowed_serializers=list(SIGNED_APP_CONTENT_TYPES), digest="sha256", serializer="json")
+    except (SecurityError, OSError, ValueError) as exc:
+        raise ValueError(f"message signing: the key, certificate or trusted certificates are unusable: {exc}") from exc
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -179,7 +265,7 @@ def _init_worker(**_: Any) -> None:
     """In the worker's main process, before the pool starts: metrics from every process."""
     from . import metrics
 
-    settings: Settings = app.conf.export_settings
+    settings = settings_of(app)
     if settings.metrics_port is not None:
         metrics.prepare_multiprocess_dir()
         metrics.serve(settings.metrics_port)
@@ -205,7 +291,7 @@ def _json_logs(logger: Any = None, **_: Any) -> None:
     """``EXPORT_LOG_FORMAT=json``: every line of the worker's logs a JSON object."""
     from . import metrics
 
-    if logger is not None and app.conf.export_settings.log_format == "json":
+    if logger is not None and settings_of(app).log_format == "json":
         metrics.use_json_logs(logger)
 
 
@@ -218,7 +304,7 @@ def _init_pool_process(**_: Any) -> None:
 
     from . import builders
 
-    settings: Settings = app.conf.export_settings
+    settings = settings_of(app)
     concurrency = max(1, int(app.conf.worker_concurrency or os.cpu_count() or 1))
     threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // concurrency)
     torch.set_num_threads(threads)

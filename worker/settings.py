@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -121,10 +122,34 @@ def crontab_of(expression: str) -> object:
 DEFAULT_ALLOWED_BUILDERS = ("worker.examples",)
 
 
+#: Settings that are URLs which may carry a password: masked in ``repr(settings)``.
+URL_FIELDS = ("broker_url", "result_backend")
+#: What a URL's password is replaced with.
+PASSWORD_MASK = "********"  # noqa: S105 - the mask, not a password
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password (``redis://user:PASSWORD@host``) replaced by a mask."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return PASSWORD_MASK
+    if not password:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.split(":", 1)[0]
+    return parts._replace(netloc=f"{name}:{PASSWORD_MASK}@{host}").geturl()
+
+
 class Settings(BaseSettings):
     """Every setting, with its ``EXPORT_`` (or standard Celery / AWS) name and default."""
 
-    model_config = SettingsConfigDict(env_prefix="EXPORT_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused setting's error never echoes the environment (the
+    # broker URL holds its password).
+    model_config = SettingsConfigDict(env_prefix="EXPORT_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     broker_url: str = Field(
         default="redis://localhost:6379/0",
@@ -135,6 +160,19 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("CELERY_RESULT_BACKEND", "EXPORT_RESULT_BACKEND"),
         description="result backend URL; the broker URL when unset",
+    )
+    message_signing_key: str | None = Field(
+        default=None,
+        description="path of the PEM private key (RSA) that signs every task and control message; "
+        "unset: messages are not signed",
+    )
+    message_signing_cert: str | None = Field(
+        default=None, description="path of the PEM certificate of that key (names the signer)"
+    )
+    message_signing_cert_store: str | None = Field(
+        default=None,
+        description="folder of PEM certificates whose signatures are trusted; with signing on, "
+        "only messages signed by one of them are accepted",
     )
     allowed_builders: CommaList = Field(
         default=DEFAULT_ALLOWED_BUILDERS,
@@ -251,6 +289,21 @@ class Settings(BaseSettings):
                 "one export may run that long without a sign of progress"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_message_signing(self) -> Settings:
+        given = [self.message_signing_key, self.message_signing_cert, self.message_signing_cert_store]
+        if any(v is not None for v in given) and not all(v is not None for v in given):
+            raise ValueError(
+                "message signing needs all of EXPORT_MESSAGE_SIGNING_KEY, EXPORT_MESSAGE_SIGNING_CERT and "
+                "EXPORT_MESSAGE_SIGNING_CERT_STORE, or none of them"
+            )
+        return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """``repr(settings)`` with the passwords of the broker and backend URLs masked."""
+        for name, value in super().__repr_args__():
+            yield name, masked_url(value) if name in URL_FIELDS and isinstance(value, str) else value
 
     @property
     def stale_after(self) -> int:

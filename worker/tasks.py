@@ -22,7 +22,7 @@ from serializer.s3.retry import is_transient
 
 from . import bulk, metrics
 from .bulk import Action, Outcome, Planner, RunStatus, check_source
-from .celery import app
+from .celery import app, settings_of
 from .errors import ExportError
 from .export import Stage, run_export
 from .keys import export_keys
@@ -79,7 +79,7 @@ def _transient(exc: BaseException) -> bool:
     acks_late=True,
     # A job whose process died (OOM kill, kill -9) runs again after WORKER_LOST_DELAY
     # seconds, at most EXPORT_TASK_MAX_RETRIES times.
-    max_retries=app.conf.export_settings.task_max_retries,
+    max_retries=settings_of(app).task_max_retries,
     default_retry_delay=WORKER_LOST_DELAY,
 )
 def export_model(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def export_model(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
     at once with a message naming the cause; transient S3 and broker errors are retried
     with exponential backoff and jitter, at most ``EXPORT_TASK_MAX_RETRIES`` times.
     """
-    settings: Settings = self.app.conf.export_settings
+    settings = settings_of(self.app)
     parsed = parse_spec(spec)
     # Taken here: upload progress is reported from the upload's threads, where
     # ``self.request`` (thread-local) has no id.
@@ -191,7 +191,7 @@ def reexport(
         BulkRunBusy: another run of the same selection holds its lock.
         SpecError: a bad selection, policy or window.
     """
-    settings: Settings = self.app.conf.export_settings
+    settings = settings_of(self.app)
     source = check_source(source)
     chosen = bulk.new_policy(policy)
     target_format = bulk.new_format(to_format)
@@ -227,12 +227,12 @@ def reexport(
     name="worker.tasks.reexport_item",
     acks_late=True,
     ignore_result=True,
-    max_retries=app.conf.export_settings.task_max_retries,
+    max_retries=settings_of(app).task_max_retries,
     default_retry_delay=WORKER_LOST_DELAY,
 )
 def reexport_item(self: Task, run_id: str, item: dict[str, Any]) -> dict[str, Any]:
     """One export of a bulk run; whatever happens to it is counted, and frees its slot."""
-    settings: Settings = self.app.conf.export_settings
+    settings = settings_of(self.app)
     redis = redis_client(settings)
     try:
         run = bulk.BulkRun.load(redis, run_id, settings)
@@ -327,7 +327,7 @@ def _count_item(
 def sweep_stale(self: Task, prefixes: list[str] | None = None, older_than: float | None = None) -> dict[str, int]:
     """Abort stale multipart uploads and delete stale staging objects and orphan archives
     under ``prefixes`` (default ``EXPORT_SWEEP_PREFIXES``); see worker/sweeper.py."""
-    settings: Settings = self.app.conf.export_settings
+    settings = settings_of(self.app)
     chosen = list(prefixes if prefixes is not None else settings.sweep_prefixes)
     age = older_than if older_than is not None else settings.stale_after
     return sweep(s3_client(settings), chosen, older_than=age).as_dict()

@@ -107,12 +107,20 @@ def read_env_file(path: Path) -> EnvFile:
     return parsed
 
 
-INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+INTERPOLATION = re.compile(
+    r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*)|(:?\?)([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+def required_value(name: str) -> str:
+    """What :func:`interpolate` puts for ``${NAME:?message}``: a variable Compose refuses to run without."""
+    return f"<required {name}>"
 
 
 def interpolate(value: Any, seen: set[str]) -> Any:
     """Compose's interpolation with an empty environment: ``${X:-default}`` is its default,
-    ``$$`` a literal ``$``. A variable without a default is an error (it would be empty)."""
+    ``$$`` a literal ``$``, ``${X:?message}`` a required variable (:func:`required_value`).
+    A variable without a default that is not required is an error (it would be empty)."""
     if isinstance(value, dict):
         return {k: interpolate(v, seen) for k, v in value.items()}
     if isinstance(value, list):
@@ -123,8 +131,11 @@ def interpolate(value: Any, seen: set[str]) -> Any:
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
-        name = match.group(1) or match.group(3)
+        name = match.group(1) or match.group(5)
         seen.add(name)
+        if match.group(3) is not None:
+            assert match.group(4), f"docker-compose.yml requires ${{{name}}}: say how to set it"
+            return required_value(name)
         if match.group(2) is None:
             raise AssertionError(f"docker-compose.yml uses ${{{name}}} without a default")
         return match.group(2)
