@@ -32,7 +32,7 @@ of the ``500``/``slowdown``/``reset`` faults are injected before ``100 Continue`
 answers early errors, so the body is never sent.  No fault changes a byte that reaches
 either side: every fault is a reply the client can tell from a good one.
 
-Control, on the proxy itself: ``GET /__faults__`` returns the counters as JSON (requests per
+Control, on the proxy itself: ``GET /__faults__`` returns the counters as JSON (requests per bucket, requests per
 operation, faults per operation and kind, recent faults, multipart uploads whose creation
 reply was lost); ``POST /__faults__`` with a JSON object changes the configuration at run
 time (``rate``, ``ops``, ``faults``, ``limit``, ``after``, ``stall_seconds``, ``seed``,
@@ -71,7 +71,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 #: Every fault this proxy knows.
 FAULT_KINDS = ("500", "slowdown", "reset", "reset-after", "stall", "truncate")
@@ -245,6 +245,8 @@ class FaultState:
     pick: random.Random = field(init=False)
     lock: threading.Lock = field(default_factory=threading.Lock)
     requests: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: Requests per bucket (the first segment of a path-style request; "" for the service).
+    buckets: collections.Counter[str] = field(default_factory=collections.Counter)
     faults: dict[str, collections.Counter[str]] = field(default_factory=dict)
     events: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=EVENTS_KEPT))
     lost_uploads: list[dict[str, str]] = field(default_factory=list)
@@ -261,10 +263,11 @@ class FaultState:
         self.rng = random.Random(seed)
         self.pick = random.Random(seed + 1)
 
-    def decide(self, op: str) -> str | None:
-        """Count a request for ``op``; the fault to inject into it, if any."""
+    def decide(self, op: str, bucket: str = "") -> str | None:
+        """Count a request for ``op`` to ``bucket``; the fault to inject into it, if any."""
         with self.lock:
             self.requests[op] += 1
+            self.buckets[bucket] += 1
             for rule in self.rules:
                 if rule.ops is not None and op not in rule.ops:
                     continue
@@ -312,6 +315,7 @@ class FaultState:
                 self.trace = bool(data["trace"])
             if data.get("reset"):
                 self.requests.clear()
+                self.buckets.clear()
                 self.faults.clear()
                 self.events.clear()
                 self.lost_uploads.clear()
@@ -329,6 +333,7 @@ class FaultState:
                     "trace": self.trace,
                 },
                 "requests": dict(self.requests),
+                "buckets": dict(self.buckets),
                 "faults": {op: dict(kinds) for op, kinds in self.faults.items()},
                 "total_requests": sum(self.requests.values()),
                 "total_faults": sum(sum(k.values()) for k in self.faults.values()),
@@ -413,7 +418,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def _decide(self) -> str | None:
         if not self._decided:
             self._op = classify(self.command, self.path, self.headers.keys())
-            self._fault = self.server.state.decide(self._op)
+            bucket = unquote(urlsplit(self.path).path.lstrip("/").partition("/")[0])
+            self._fault = self.server.state.decide(self._op, bucket)
             self._decided = True
         return self._fault
 
@@ -703,6 +709,10 @@ class ProxyHandle:
         with urllib.request.urlopen(request, timeout=30) as reply:
             result: dict[str, Any] = json.loads(reply.read())
         return result
+
+    def requests_to(self, bucket: str) -> int:
+        """How many requests for ``bucket`` reached the proxy (path-style addressing)."""
+        return int(self.stats()["buckets"].get(bucket, 0))
 
     def stats(self) -> dict[str, Any]:
         """The counters and configuration (see the module docstring)."""
