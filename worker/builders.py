@@ -148,9 +148,9 @@ def load_weights(module: torch.nn.Module, client: S3Client, uri: str, spool_dir:
         try:
             client.download_file(target.bucket, target.key, path)
         except ClientError as exc:
-            code = error_code(exc)
-            if code in ("404", "NoSuchKey", "NoSuchBucket", "403", "AccessDenied"):
-                raise BuildFailed(f"weights {uri} cannot be read ({code})") from exc
+            if error_code(exc) in ("404", "NoSuchKey", "NoSuchBucket", "403", "AccessDenied"):
+                # One message for missing and forbidden: which of the two it is is not the submitter's to learn.
+                raise BuildFailed(f"weights {uri} cannot be read") from None
             raise
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -21,6 +21,7 @@ from serializer.s3.client import S3Client, make_s3_client
 from serializer.s3.retry import is_transient
 
 from . import bulk, metrics
+from .access import check_run_scopes, check_spec_scopes
 from .bulk import Action, Outcome, Planner, RunStatus, check_source
 from .celery import app, settings_of
 from .errors import ExportError
@@ -139,19 +140,23 @@ def export_model(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
             clock.finish(outcome, result["size"] if outcome == "exported" else None)
 
 
-def submit_export(spec: dict[str, Any] | ExportSpec, **options: Any) -> Any:
+def submit_export(spec: dict[str, Any] | ExportSpec, *, settings: Settings | None = None, **options: Any) -> Any:
     """Validate ``spec`` here, then enqueue ``export_model`` on the queue its device picks.
 
-    A bad spec fails at once, in the caller, instead of on a worker.  ``options`` go to
-    ``apply_async`` (``countdown``, ``priority``...).
+    A bad spec fails at once, in the caller, instead of on a worker: its fields, and its
+    locations against the scopes of ``settings`` (the submitter's; default: the app's).
+    The worker checks the scopes again.  ``options`` go to ``apply_async`` (``countdown``,
+    ``priority``...).
 
     Returns:
         The ``AsyncResult``.
 
     Raises:
         SpecError: naming each bad field; nothing is sent.
+        ScopeError: a location outside ``EXPORT_READ_SCOPES`` / ``EXPORT_WRITE_SCOPES``; nothing is sent.
     """
     parsed = parse_spec(spec)
+    check_spec_scopes(parsed, settings or settings_of(export_model.app))
     options.setdefault("queue", parsed.queue)
     return export_model.apply_async(args=[parsed.to_json_dict()], **options)
 
@@ -199,6 +204,8 @@ def reexport(
         raise ExportError(f"window must be at least 1, got {window}")
     run_id = str(self.request.id)
     report_uri = bulk.report_uri_for(source, run_id, settings, report_to)
+    report_field = "report_to" if report_to else "EXPORT_REPORT_PREFIX" if settings.report_prefix else "report"
+    check_run_scopes(source, report_uri, settings, report_field=report_field)
     client = s3_client(settings)
     if dry_run:
         return bulk.dry_run(
