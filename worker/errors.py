@@ -47,3 +47,8 @@ class ScopeError(SpecError):
     """Raised when a spec or a run names an S3 location outside ``EXPORT_READ_SCOPES`` /
     ``EXPORT_WRITE_SCOPES``, or one with ``.``, ``..`` or empty path segments; nothing is sent
     to that location."""
+
+
+class SweepRefused(ExportError, ValueError):
+    """Raised when a sweep is asked for prefixes outside ``EXPORT_SWEEP_PREFIXES`` or an age
+    under ``EXPORT_SWEEP_AFTER``: a message may narrow the sweep, never widen it; nothing is swept."""

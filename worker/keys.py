@@ -7,20 +7,27 @@ An export of a spec by a given torch is written to::
 
 and a replacement's new archive is staged next to it, at ``model.pt.staging-{12 hex}``
 (``model.pt2.staging-...``) until it is verified and copied over.  The export writes these
-keys (:func:`export_keys`, :func:`staging_uri`); the sweeper recognises them
-(:func:`is_archive_key`, :func:`is_staging_key`, :func:`manifest_key_of`) and touches nothing else.
+keys (:func:`export_keys`, :func:`staging_uri`); the sweeper and a job cleaning up after a
+dead one recognise them (:func:`layout_of`, :func:`is_archive_key`, :func:`is_staging_key`,
+:func:`is_upload_of`, :func:`manifest_key_of`) and touch nothing else.  Recognising is exact:
+the last four segments of the key are a name by the spec's rule, 16 lowercase hex digits,
+``torch-`` and a torch version (``+`` written ``_``), and an archive's or staging object's
+file name; ``.../torch-x/model.pt`` or ``.../notes/torch-2/model.pt.staging-x`` are not ours.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from serializer.formats import ARTIFACT_SUFFIXES
 from serializer.manifest.model import MANIFEST_SUFFIX, artifact_suffix, manifest_uri_for
 from serializer.s3.uri import parse_s3_uri
 
 from .spec import ExportSpec
+from .spec.model import NAME_PATTERN
 
 #: Leading hex digits of the spec's hash in a key: one folder per spec, short enough to read.
 HASH_DIGITS = 16
@@ -30,10 +37,21 @@ TORCH_FOLDER = "torch-"
 ARTIFACT_NAMES = tuple("model" + suffix for suffix in ARTIFACT_SUFFIXES.values())
 #: Between an archive's name and a random suffix: a replacement's staging object.
 STAGING_MARK = ".staging-"
-#: How a staging object's last key segment starts, per format.
-STAGING_MARKS = tuple(name + STAGING_MARK for name in ARTIFACT_NAMES)
 #: Random hex digits that keep concurrent staging objects of one export apart.
 STAGING_DIGITS = 12
+#: A torch version as a key segment writes it (PEP 440, its local part after ``_``, not ``+``):
+#: ``2.13.0_cpu``, ``2.6.0a0_git1234abc``, ``2.7.0.dev20250101_cu124``.
+TORCH_VERSION_PATTERN = (
+    r"[0-9]+(?:\.[0-9]+)*(?:(?:a|b|rc)[0-9]+)?(?:\.post[0-9]+)?(?:\.dev[0-9]+)?(?:_[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*)?"
+)
+#: The end of every key the service writes: name (never ``.`` or ``..``, which the spec
+#: refuses), hash folder, torch folder, archive, and a staging object's random suffix.
+#: Anything may come before (the destination's prefix).
+_LAYOUT_RE = re.compile(
+    rf"(?:.*/)?(?!\.\.?/){NAME_PATTERN}/[0-9a-f]{{{HASH_DIGITS}}}/{re.escape(TORCH_FOLDER)}{TORCH_VERSION_PATTERN}/"
+    rf"(?P<archive>{'|'.join(re.escape(name) for name in ARTIFACT_NAMES)})"
+    rf"(?P<staging>{re.escape(STAGING_MARK)}[0-9a-f]{{{STAGING_DIGITS}}})?"
+)
 
 
 @dataclass(frozen=True)
@@ -63,24 +81,39 @@ def staging_uri(keys: Keys) -> str:
     return f"{keys.artifact}{STAGING_MARK}{uuid.uuid4().hex[:STAGING_DIGITS]}"
 
 
-def _last_segment(key: str) -> str | None:
-    """The file name of a key in a ``.../torch-{version}/`` folder, or None for any other key."""
-    parts = key.rsplit("/", 2)
-    if len(parts) < 3 or not parts[1].startswith(TORCH_FOLDER):
+class LayoutKey(NamedTuple):
+    """A key of the service's layout: the archive's key, and whether this is its staging object."""
+
+    archive: str
+    staging: bool
+
+
+def layout_of(key: str) -> LayoutKey | None:
+    """What ``key`` is in the service's layout (an archive or a staging object), or None for
+    any key the service does not write."""
+    found = _LAYOUT_RE.fullmatch(key)
+    if found is None:
         return None
-    return parts[2]
+    staging = found.group("staging")
+    return LayoutKey(archive=key[: len(key) - len(staging)] if staging else key, staging=staging is not None)
 
 
 def is_archive_key(key: str) -> bool:
-    """Whether ``key`` is an archive in the layout (``.../torch-{version}/model.pt[2]``)."""
-    name = _last_segment(key)
-    return name is not None and name in ARTIFACT_NAMES
+    """Whether ``key`` is an archive in the layout (``.../{name}/{16 hex}/torch-{version}/model.pt[2]``)."""
+    found = layout_of(key)
+    return found is not None and not found.staging
 
 
 def is_staging_key(key: str) -> bool:
-    """Whether ``key`` is a replacement's staging object (``.../torch-{version}/model.pt[2].staging-*``)."""
-    name = _last_segment(key)
-    return name is not None and name.startswith(STAGING_MARKS)
+    """Whether ``key`` is a replacement's staging object (``...model.pt[2].staging-{12 hex}``)."""
+    found = layout_of(key)
+    return found is not None and found.staging
+
+
+def is_upload_of(archive_key: str, key: str) -> bool:
+    """Whether ``key`` is ``archive_key`` itself or one of its staging objects, both in the layout."""
+    found = layout_of(key)
+    return found is not None and found.archive == archive_key
 
 
 def manifest_key_of(archive_key: str) -> str:

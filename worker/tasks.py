@@ -29,7 +29,7 @@ from .export import Stage, run_export
 from .keys import export_keys
 from .settings import Settings
 from .spec import ExportSpec, parse_spec
-from .sweeper import sweep
+from .sweeper import sweep, sweep_scope
 
 log = logging.getLogger(__name__)
 
@@ -333,8 +333,12 @@ def _count_item(
 @app.task(bind=True, name="worker.tasks.sweep_stale", acks_late=True)
 def sweep_stale(self: Task, prefixes: list[str] | None = None, older_than: float | None = None) -> dict[str, int]:
     """Abort stale multipart uploads and delete stale staging objects and orphan archives
-    under ``prefixes`` (default ``EXPORT_SWEEP_PREFIXES``); see worker/sweeper.py."""
+    under ``prefixes`` (default ``EXPORT_SWEEP_PREFIXES``); see worker/sweeper.py.
+
+    Raises:
+        SweepRefused: ``prefixes`` outside ``EXPORT_SWEEP_PREFIXES`` or ``older_than`` under
+            ``EXPORT_SWEEP_AFTER``: a message narrows the sweep, never widens it; nothing is swept.
+    """
     settings = settings_of(self.app)
-    chosen = list(prefixes if prefixes is not None else settings.sweep_prefixes)
-    age = older_than if older_than is not None else settings.stale_after
+    chosen, age = sweep_scope(settings.sweep_prefixes, settings.stale_after, prefixes, older_than)
     return sweep(s3_client(settings), chosen, older_than=age).as_dict()

@@ -1,10 +1,9 @@
 """Bulk conversion to .pt2 (``to_format``) against real exports in in-process moto: the
-planner deciding TorchScript candidates as pt2 exports, and the sweeper on .pt2 keys."""
+planner deciding TorchScript candidates as pt2 exports (the sweeper on .pt2 keys: test_sweeper.py)."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 from serializer.manifest.store import read_manifest
 from serializer.pt2.versions import archive_version, export_schema_version
 from serializer.s3.uri import parse_s3_uri
-from tests.conftest import object_keys, open_uploads
+from tests.conftest import object_keys
 from worker import bulk
 from worker.bulk import Candidate, Planner, iter_candidates
 from worker.errors import SpecError
@@ -21,14 +20,10 @@ from worker.export import run_export
 from worker.keys import export_keys
 from worker.settings import Settings
 from worker.spec import ExportSpec, parse_spec
-from worker.sweeper import sweep
 
 ALLOWED = ("worker.examples",)
 TORCH = torch.__version__
 SCHEMA = export_schema_version()
-HOUR = 3600.0
-LATER = datetime.now(UTC) + timedelta(hours=2)
-FOLDER = "models/m/0123456789abcdef/torch-2.13.0_cpu"
 
 
 def settings(**changes: Any) -> Settings:
@@ -216,46 +211,3 @@ def test_to_torchscript_plans_a_torchscript_export_of_a_pt2_one(s3: Any, bucket:
     assert decision.action == "export"
     assert decision.target is not None and decision.target.endswith("/model.pt")
     assert decision.spec is not None and "format" not in decision.spec and "dynamic_shapes" not in decision.spec
-
-
-# -- sweeper on .pt2 keys -------------------------------------------------------------------------
-
-
-def _put(s3: Any, bucket: str, key: str) -> None:
-    s3.put_object(Bucket=bucket, Key=key, Body=b"x")
-
-
-def test_sweep_removes_pt2_orphans_and_staging_and_keeps_complete_exports(s3: Any, bucket: str) -> None:
-    orphan = "models/n/fedcba9876543210/torch-2.13.0_cpu/model.pt2"
-    kept = [
-        f"{FOLDER}/model.manifest.json",
-        f"{FOLDER}/model.pt2",
-        "models/weights/model.pt2",  # not the service's layout
-        "models/notes/model.pt2.staging-x",  # nor this
-    ]
-    for key in [*kept, f"{FOLDER}/model.pt2.staging-0a1b2c3d4e5f", orphan]:
-        _put(s3, bucket, key)
-    report = sweep(s3, [f"s3://{bucket}/models"], older_than=HOUR, now=LATER)
-    assert report.as_dict() == {"aborted_uploads": 0, "deleted_staging": 1, "deleted_orphans": 1, "recent_kept": 0}
-    assert sorted(object_keys(s3, bucket)) == sorted(kept)
-
-
-def test_sweep_tells_the_formats_apart_in_neighbouring_folders(s3: Any, bucket: str) -> None:
-    # A TorchScript export, then a pt2 one whose manifest is missing, then a complete pt2 one.
-    a, b, c = (f"models/m/{h * 16}/torch-2.13.0_cpu" for h in "abc")
-    keys = [f"{a}/model.manifest.json", f"{a}/model.pt", f"{b}/model.pt2", f"{c}/model.manifest.json", f"{c}/model.pt2"]
-    for key in keys:
-        _put(s3, bucket, key)
-    s3.create_multipart_upload(Bucket=bucket, Key=f"{b}/model.pt2")
-    report = sweep(s3, [f"s3://{bucket}/models"], older_than=HOUR, now=LATER)
-    assert (report.deleted_orphans, report.deleted_staging, report.aborted_uploads) == (1, 0, 1)
-    assert sorted(object_keys(s3, bucket)) == sorted(k for k in keys if k != f"{b}/model.pt2")
-    assert open_uploads(s3, bucket) == []
-
-
-def test_young_pt2_objects_are_kept(s3: Any, bucket: str) -> None:
-    _put(s3, bucket, f"{FOLDER}/model.pt2")
-    _put(s3, bucket, f"{FOLDER}/model.pt2.staging-0a1b2c3d4e5f")
-    report = sweep(s3, [f"s3://{bucket}/models"], older_than=HOUR)
-    assert report.as_dict() == {"aborted_uploads": 0, "deleted_staging": 0, "deleted_orphans": 0, "recent_kept": 2}
-    assert len(object_keys(s3, bucket)) == 2

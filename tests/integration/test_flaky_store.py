@@ -49,6 +49,9 @@ from .services import client_app, db_url, running_worker, tail, worker_env
 
 #: This module's Redis database.
 FLAKY_DB = 6
+#: The bucket whose ``models`` prefix the worker sweeps (EXPORT_SWEEP_PREFIXES: a message may
+#: only narrow the configured prefixes).
+SWEPT_BUCKET = f"flaky-swept-{uuid.uuid4().hex[:8]}"
 #: Fault kinds of the 10 % run: every kind the proxy has except truncated replies.
 ALL_FAULTS = ["500", "slowdown", "reset", "reset-after", "stall"]
 #: Seconds a stalled request hangs before its connection is reset.
@@ -124,6 +127,7 @@ def flaky(redis_server: str, moto_process_endpoint: str, tmp_path_factory: pytes
             EXPORT_PART_SIZE="5MiB",
             EXPORT_TASK_MAX_RETRIES="1",
             EXPORT_SPOOL_DIR=str(spool_dir),
+            EXPORT_SWEEP_PREFIXES=f"s3://{SWEPT_BUCKET}/models",
         )
         app = client_app(broker)
         with running_worker(app, env, log_path, concurrency=2) as proc:
@@ -419,7 +423,8 @@ def test_a_lost_create_reply_leaves_an_upload_only_the_sweeper_can_remove(clean_
     # The writer never learns the id of an upload whose CreateMultipartUpload reply was lost,
     # so it cannot abort it: the sweeper (or the store's lifecycle rule) does.
     world = clean_proxy
-    bucket = world.bucket()
+    bucket = SWEPT_BUCKET
+    world.s3.create_bucket(Bucket=bucket)
     spec = big_spec(bucket, 30)
     world.proxy.configure(
         rules=[{"ops": ["CreateMultipartUpload"], "faults": ["reset-after"], "rate": 1.0, "limit": 1}], reset=True
@@ -432,7 +437,8 @@ def test_a_lost_create_reply_leaves_an_upload_only_the_sweeper_can_remove(clean_
     (lost,) = stats["lost_uploads"]
     open_ids = [u["UploadId"] for u in world.open_uploads(bucket)]
     assert open_ids == [lost["upload_id"]]
-    swept = world.app.send_task("worker.tasks.sweep_stale", args=[[f"s3://{bucket}/models"], 0.0], queue="cpu")
+    # (the configured age, EXPORT_SWEEP_AFTER: moto dates every upload in 2010)
+    swept = world.app.send_task("worker.tasks.sweep_stale", args=[[f"s3://{bucket}/models"]], queue="cpu")
     assert swept.get(timeout=JOB_TIMEOUT)["aborted_uploads"] == 1
     assert world.open_uploads(bucket) == []
 

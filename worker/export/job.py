@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from serializer.archive.info import ArchiveInfo
-from serializer.errors import ObjectExists
+from serializer.errors import ObjectExists, UploadFailed
 from serializer.manifest.model import Producer, build_manifest
 from serializer.producer import current_producer
 from serializer.s3.client import S3Client
@@ -23,6 +23,7 @@ from ..keys import Keys, export_keys, staging_uri
 from ..settings import Settings
 from ..spec import ExportSpec
 from .capture import Built, build, capture
+from .dead_uploads import abort_dead_uploads, aborted_by_holder
 from .extras import check_extras_for_format, resolve_extra_files
 from .plan import Action, archive_matters, plan_export
 from .progress import Progress, Stage, UploadProgress, ignore_progress
@@ -64,7 +65,8 @@ def run_export(
     Concurrent replacements of one export must be kept apart by the caller (the tasks hold
     a lock per export in Redis).  ``exclusive`` says the caller holds it: no other job writes
     these keys now, so an archive found without its manifest was left by a job that died,
-    and is replaced the same way.  ``other_running`` says whether another job is exporting
+    and is replaced the same way, and an upload open on them is a dead job's, and is aborted
+    (:mod:`.dead_uploads`).  ``other_running`` says whether another job is exporting
     the same keys: a job that loses the publish race waits for its manifest while it runs.
 
     Raises:
@@ -80,6 +82,8 @@ def run_export(
     if action is Action.SKIP and done is not None:  # SKIP: a manifest was found
         log.info("export %s already at %s; skipped", spec.spec_hash[:16], keys.artifact)
         return result_of(done, keys, skipped=True)
+    if exclusive:  # the lock's holder: any upload open on these keys is a dead job's
+        abort_dead_uploads(client, keys)
     staged = action is Action.STAGE
     upload_uri = staging_uri(keys) if staged else keys.artifact
 
@@ -99,6 +103,11 @@ def run_export(
                 progress=counter,
             )
         except ObjectExists:
+            return await_winner(client, keys, other_running)
+        except UploadFailed as exc:
+            if exclusive or not aborted_by_holder(exc):
+                raise
+            log.info("export %s: the holder of its lock aborted this upload; waiting for its manifest", spec.name)
             return await_winner(client, keys, other_running)
     staging = upload_uri if staged else None
     result = _publish(spec, settings, client, keys, info, built, producer, report, staging=staging)

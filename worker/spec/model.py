@@ -25,8 +25,9 @@ from .inputs import (
 )
 from .limits import MAX_JSON_BYTES, MAX_TOTAL_ELEMENTS, check_depth
 
-#: Extra-file sources.
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
+#: What an export's name may hold; it is a segment of the export's keys (worker.keys).
+NAME_PATTERN = r"[A-Za-z0-9._-]{1,128}"
+Name = Annotated[str, StringConstraints(pattern=rf"^{NAME_PATTERN}$")]
 _BUILDER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d{1,2})$")
 
