@@ -14,6 +14,10 @@ class ExportError(Exception):
 class SpecError(ExportError, ValueError):
     """Raised when a spec does not validate; the message names each bad field."""
 
+    #: Each problem as (top-level field, or "spec"; the kind of error), naming no value:
+    #: what a report may say of a spec read from a file.
+    problems: tuple[tuple[str, str], ...] = ()
+
 
 class BuilderNotAllowed(ExportError):
     """Raised when a spec's builder lies outside ``EXPORT_ALLOWED_BUILDERS``; it is never imported."""

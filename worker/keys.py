@@ -22,8 +22,9 @@ import uuid
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from serializer.errors import SerializerError
 from serializer.formats import ARTIFACT_SUFFIXES
-from serializer.manifest.model import MANIFEST_SUFFIX, artifact_suffix, manifest_uri_for
+from serializer.manifest.model import MANIFEST_SUFFIX, Manifest, artifact_suffix, manifest_uri_for, spec_digest
 from serializer.s3.uri import parse_s3_uri
 
 from .spec import ExportSpec
@@ -74,6 +75,26 @@ def export_keys(spec: ExportSpec, torch_version: str) -> Keys:
     artifact = "model" + ARTIFACT_SUFFIXES[spec.format]
     uri = str(dest.join(spec.name, spec.spec_hash[:HASH_DIGITS], f"{TORCH_FOLDER}{safe_version}", artifact))
     return Keys(artifact=uri, manifest=manifest_uri_for(uri))
+
+
+def manifest_mismatch(manifest: Manifest, spec: ExportSpec, manifest_uri: str) -> str | None:
+    """Why ``manifest``, read at ``manifest_uri``, is not the export of ``spec`` by the torch
+    it names, or None where it is: its ``spec_hash`` recomputes from its ``spec`` and is
+    ``spec``'s, it lies at the keys that spec and torch map to, and its artifact is that
+    key's.  Pure; the reason names keys and hashes, never the manifest's values.
+    """
+    try:
+        recorded = spec_digest(manifest.spec)
+        keys = export_keys(spec, manifest.producer.torch)
+    except (TypeError, ValueError, SerializerError):  # not JSON data (a lone surrogate), no key
+        return "its spec or torch cannot be hashed or mapped to a key"
+    if recorded != manifest.spec_hash:
+        return "its spec_hash does not recompute from its spec"
+    if spec.spec_hash != manifest.spec_hash:
+        return "its spec_hash is not the hash of the spec it records, once validated"
+    if keys.manifest != manifest_uri:
+        return f"it lies at {manifest_uri}, not at {keys.manifest} where its spec and torch map"
+    return None if manifest.artifact.uri == keys.artifact else f"its artifact is not {keys.artifact}"
 
 
 def staging_uri(keys: Keys) -> str:

@@ -263,6 +263,11 @@ class Settings(BaseSettings):
     reexport_schedule: list[ScheduleEntry] = Field(
         default_factory=list,
         description='JSON list of scheduled bulk re-exports for beat: [{"source": .., "policy": .., "cron": ..}]',
+    catalog_dir: str | None = Field(
+        default=None,
+        description="folder a bulk re-export's catalog on disk must lie in (symlinks and .. resolved); "
+        "unset: catalogs on disk are refused, catalogs in S3 only",
+    )
     )
 
     @model_validator(mode="after")

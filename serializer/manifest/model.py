@@ -32,6 +32,13 @@ SCHEMA_VERSION = 3
 TORCHSCRIPT_SCHEMA_VERSION = 2
 #: Suffix of a manifest's key: ``model.pt`` -> ``model.manifest.json``.
 MANIFEST_SUFFIX = "." + MANIFEST_NAME
+#: Largest manifest read, in bytes.  Most are a few KiB; the largest a job can make holds
+#: its spec's inline extra files (up to 16 MiB) and JSON fields (1 MiB each) and a few
+#: hundred bytes per extra-file entry.  Anything larger is refused without being read whole.
+MAX_MANIFEST_BYTES = 32 * 1024**2
+#: Deepest JSON nesting of a manifest: its spec may nest 32 levels below the spec's own, the
+#: rest is a few levels; deeper is refused before anything recurses through it.
+MAX_MANIFEST_DEPTH = 64
 _SHA256 = r"^[0-9a-f]{64}$"
 
 
@@ -148,15 +155,27 @@ class Manifest(_Model):
     def from_json(cls, data: bytes | str) -> Manifest:
         """Parse and validate a manifest.
 
+        Messages name the position or field and the kind of error, never the manifest's
+        text or values.
+
         Raises:
-            ManifestError: not JSON, a newer schema version, or fields that do not validate.
+            ManifestError: larger than MAX_MANIFEST_BYTES, not UTF-8 JSON, nested deeper than
+                MAX_MANIFEST_DEPTH, a newer schema version, or fields that do not validate.
         """
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")
         try:
             raw = json.loads(data)
+        except UnicodeDecodeError as exc:
+            raise ManifestError(f"manifest is not JSON: not UTF-8 at byte {exc.start}") from None
+        except RecursionError:
+            raise ManifestError(f"manifest is nested deeper than {MAX_MANIFEST_DEPTH} levels") from None
         except ValueError as exc:
-            raise ManifestError(f"manifest is not JSON: {exc}") from exc
+            raise ManifestError(f"manifest is not JSON: {exc}") from None
         if not isinstance(raw, dict):
             raise ManifestError("manifest is not a JSON object")
+        if _nested_deeper(raw, MAX_MANIFEST_DEPTH):
+            raise ManifestError(f"manifest is nested deeper than {MAX_MANIFEST_DEPTH} levels")
         version = raw.get("schema_version")
         if type(version) is not int or version < 1:  # a bool is not a version either
             raise ManifestError(f"manifest schema_version must be a positive integer, got {version!r}")
@@ -168,7 +187,23 @@ class Manifest(_Model):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise ManifestError(f"invalid manifest: {exc}") from exc
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['type']}"
+                for err in exc.errors(include_url=False, include_input=False, include_context=False)
+            )
+            raise ManifestError(f"invalid manifest: {problems}") from None
+
+
+def _nested_deeper(data: Any, limit: int) -> bool:
+    """Whether ``data`` holds a list or object nested deeper than ``limit`` (iterative)."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth >= limit:
+                return True
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return False
 
 
 def canonical_json(value: Any) -> bytes:

@@ -9,7 +9,7 @@ from ..s3.client import S3Client
 from ..s3.multipart import MultipartWriter
 from ..s3.retry import error_code, is_transient
 from ..s3.uri import parse_s3_uri
-from .model import Manifest, artifact_suffix, manifest_uri_for
+from .model import MAX_MANIFEST_BYTES, Manifest, artifact_suffix, manifest_uri_for
 
 
 def write_manifest(client: S3Client, uri: str, manifest: Manifest, *, if_none_match: bool = False) -> None:
@@ -33,20 +33,30 @@ def write_manifest(client: S3Client, uri: str, manifest: Manifest, *, if_none_ma
 def read_manifest(client: S3Client, uri: str) -> Manifest:
     """Fetch and validate the manifest at ``uri`` (a manifest's URI or its artifact's).
 
+    One ranged GET of at most ``MAX_MANIFEST_BYTES + 1`` bytes: a larger object is refused
+    without being read whole.
+
     Raises:
-        ManifestError: missing, unreadable or invalid.
+        ManifestError: missing, unreadable, too large or invalid.
         ClientError: a transient store error (5xx, throttling), after botocore's retries.
     """
     if artifact_suffix(uri) is not None:
         uri = manifest_uri_for(uri)
     target = parse_s3_uri(uri)
     try:
-        body = client.get_object(Bucket=target.bucket, Key=target.key)["Body"].read()
+        reply = client.get_object(Bucket=target.bucket, Key=target.key, Range=f"bytes=0-{MAX_MANIFEST_BYTES}")
+        body = reply["Body"].read(MAX_MANIFEST_BYTES + 1)
+        reply["Body"].close()
     except ClientError as exc:
         code = error_code(exc)
         if code in ("NoSuchKey", "NoSuchBucket", "404"):
             raise ManifestError(f"no manifest at {uri} ({code})") from exc
+        if code == "InvalidRange":  # an empty object has no byte 0
+            raise ManifestError(f"manifest {uri} is empty") from exc
         if is_transient(exc):
             raise  # a store that failed to answer: the caller may try again
         raise ManifestError(f"cannot read manifest {uri}: {code or exc}") from exc
-    return Manifest.from_json(body)
+    try:
+        return Manifest.from_json(body)
+    except ManifestError as exc:
+        raise ManifestError(f"{uri}: {exc}") from None

@@ -81,7 +81,8 @@ def jsonl(*rows: Any) -> str:
 @pytest.fixture(scope="module")
 def crowded(in_process_s3: None) -> Iterator[tuple[str, ExportSpec, list[str]]]:
     """A bucket whose ``models/`` holds several listing pages of objects (see
-    :func:`small_pages`), three of them manifests on different pages, next to ``models2/``,
+    :func:`small_pages`), three of them manifests on different pages (an export's, and two
+    copies of it at keys its spec does not map to), next to ``models2/``,
     ``models.manifest.json`` and a ``.manifest.json.bak``."""
     client = make_s3_client(max_pool_connections=8)
     name = f"crowd-{uuid.uuid4().hex[:12]}"
@@ -124,10 +125,13 @@ def test_prefix_pages_through_the_listing_and_keeps_only_manifests(s3: Any, crow
     assert sum(pages) == JUNK_OBJECTS + 5, "models/ only: not models2/ nor models.manifest.json"
     assert [c.source for c in candidates] == manifests
     assert [c.manifest_uri for c in candidates] == manifests
-    for c in candidates:
-        assert c.error is None
-        assert c.spec == spec
-        assert c.manifest is not None and c.manifest.spec_hash == spec.spec_hash
+    copy_a, real, copy_zz = candidates
+    assert real.error is None and real.spec == spec
+    assert real.manifest is not None and real.manifest.spec_hash == spec.spec_hash
+    for copy in (copy_a, copy_zz):
+        # A manifest is a candidate only at the keys its spec maps to.
+        assert copy.spec is None and copy.error is not None and copy.error.startswith("not trusted: it lies at")
+        assert copy.name == "tiny"
 
 
 def test_prefix_listing_is_streamed(s3: Any, crowded: Any) -> None:
@@ -196,7 +200,7 @@ def test_jsonl_catalog_skips_blanks_and_comments_and_names_bad_lines(
         '["a list"]',  # 9: JSON, not an object
     )
     source = catalog_at(where, s3, bucket, tmp_path, f"specs{suffix}", text)
-    candidates = list(iter_candidates(s3, source))
+    candidates = list(iter_candidates(s3, source, catalog_dir=str(tmp_path)))
     assert [c.source for c in candidates] == [f"{source}:{n}" for n in (2, 6, 7, 8, 9)]
     assert candidates[0].spec == parse_spec(a) and candidates[0].error is None
     assert candidates[3].spec == parse_spec(b) and candidates[3].error is None
@@ -219,7 +223,7 @@ def test_jsonl_catalog_line_numbers_hold_across_read_chunks_and_crlf(
     text = "".join(json.dumps(row) + "\r\n" for row in rows)
     assert len(text) > 3000
     source = catalog_at(where, s3, bucket, tmp_path, "big.jsonl", text)
-    candidates = list(iter_candidates(s3, source))
+    candidates = list(iter_candidates(s3, source, catalog_dir=str(tmp_path)))
     assert [c.source for c in candidates] == [f"{source}:{n}" for n in range(1, 13)]
     assert [c.name for c in candidates] == [f"m{i}" for i in range(9)] + ["nine", "m10", "m11"]
     assert [c.error is None for c in candidates] == [i != 9 for i in range(12)]
@@ -233,7 +237,7 @@ def test_yaml_catalog_as_a_list(s3: Any, bucket: str, tmp_path: Path, where: str
     bad = {"name": "bad", "builder": "worker.examples:tiny_classifier"}  # no destination
     text = "# nightly\n" + yaml.safe_dump([a, bad, b])
     source = catalog_at(where, s3, bucket, tmp_path, "specs.yaml", text)
-    candidates = list(iter_candidates(s3, source))
+    candidates = list(iter_candidates(s3, source, catalog_dir=str(tmp_path)))
     assert [c.source for c in candidates] == [f"{source}#1", f"{source}#2", f"{source}#3"]
     assert [c.spec for c in candidates] == [parse_spec(a), None, parse_spec(b)]
     assert candidates[1].error is not None and candidates[1].error.startswith(f"{source}#2: ")
@@ -249,7 +253,7 @@ def test_yaml_catalog_as_documents(s3: Any, bucket: str, tmp_path: Path, where: 
     # One spec per document, an empty document in between, and a document holding a list.
     text = yaml.safe_dump(a) + "---\n# nothing here\n---\n" + yaml.safe_dump(b) + "---\n" + yaml.safe_dump([c])
     source = catalog_at(where, s3, bucket, tmp_path, "specs.yml", text)
-    candidates = list(iter_candidates(s3, source))
+    candidates = list(iter_candidates(s3, source, catalog_dir=str(tmp_path)))
     assert [x.source for x in candidates] == [f"{source}#1", f"{source}#2", f"{source}#3"]
     assert [x.spec for x in candidates] == [parse_spec(a), parse_spec(b), parse_spec(c)]
 
@@ -258,7 +262,7 @@ def test_yaml_catalog_as_documents(s3: Any, bucket: str, tmp_path: Path, where: 
 def test_yaml_catalog_that_is_not_yaml(s3: Any, bucket: str, tmp_path: Path, where: str) -> None:
     source = catalog_at(where, s3, bucket, tmp_path, "specs.yaml", "- name: [unclosed\n")
     with pytest.raises(SpecError, match="not valid YAML") as info:
-        list(iter_candidates(s3, source))
+        list(iter_candidates(s3, source, catalog_dir=str(tmp_path)))
     assert source in str(info.value)
 
 
@@ -266,7 +270,7 @@ def test_yaml_catalog_that_is_not_yaml(s3: Any, bucket: str, tmp_path: Path, whe
 def test_missing_catalog_on_disk(s3: Any, tmp_path: Path, filename: str) -> None:
     source = str(tmp_path / filename)
     with pytest.raises(SpecError, match="cannot be read") as info:
-        list(iter_candidates(s3, source))
+        list(iter_candidates(s3, source, catalog_dir=str(tmp_path)))
     assert source in str(info.value)
 
 
@@ -282,7 +286,7 @@ def test_missing_catalog_in_s3(s3: Any, bucket: str, filename: str) -> None:
 def test_catalog_that_is_not_utf8(s3: Any, bucket: str, tmp_path: Path, where: str) -> None:
     source = catalog_at(where, s3, bucket, tmp_path, "specs.jsonl", b'{"name": "caf\xe9"}\n')
     with pytest.raises(SpecError, match="cannot be read"):
-        list(iter_candidates(s3, source))
+        list(iter_candidates(s3, source, catalog_dir=str(tmp_path)))
 
 
 # -- Planner.decide ----------------------------------------------------------------------------
@@ -332,7 +336,9 @@ def test_an_up_to_date_export(s3: Any, bucket: str, origin: str, policy: Any, ac
     assert decision.target == result["artifact_uri"]
 
 
-def test_an_export_by_an_older_torch_at_the_same_keys(s3: Any, bucket: str) -> None:
+@pytest.mark.parametrize("policy", ["if-stale", "missing", "always"])
+def test_a_manifest_naming_another_torch_at_this_torchs_keys(s3: Any, bucket: str, policy: Any) -> None:
+    # Another torch writes at its own keys: a manifest here that names one was not made here.
     spec, result = export(s3, bucket)
 
     def older(doc: dict[str, Any]) -> None:
@@ -340,16 +346,14 @@ def test_an_export_by_an_older_torch_at_the_same_keys(s3: Any, bucket: str) -> N
 
     edit_manifest(s3, result["manifest_uri"], older)
     candidate = listed(s3, bucket)[result["manifest_uri"]]
-    stale = Planner(s3, settings(), "if-stale").decide(candidate)
-    assert stale.action == "replace"
-    assert stale.reason == f"made by torch {OLD_TORCH}, this worker has {TORCH}"
-    assert stale.target == result["artifact_uri"]
-    assert Planner(s3, settings(), "missing").decide(candidate).action == "unchanged"
-    always = Planner(s3, settings(), "always").decide(candidate)
-    assert always.action == "replace"
-    assert always.reason == f"policy always (made by torch {OLD_TORCH}, this worker has {TORCH})"
-    # The same from a catalog: the target's manifest is read.
-    assert Planner(s3, settings(), "if-stale").decide(catalog_candidate(spec)).reason == stale.reason
+    listed_decision = Planner(s3, settings(), policy).decide(candidate)
+    assert listed_decision.action == "invalid"
+    assert listed_decision.reason.startswith("not trusted: it lies at ")
+    # From a catalog, the spec is the catalog's: the export replaces what is at its keys.
+    from_catalog = Planner(s3, settings(), policy).decide(catalog_candidate(spec))
+    assert from_catalog.action == "replace"
+    assert from_catalog.reason.startswith("the manifest at the target is not trusted: it lies at ")
+    assert from_catalog.target == result["artifact_uri"]
 
 
 @pytest.mark.parametrize(
@@ -379,14 +383,13 @@ def test_reasons_add_up(s3: Any, bucket: str) -> None:
     _, result = export(s3, bucket)
 
     def everything(doc: dict[str, Any]) -> None:
-        doc["producer"].update(torch=OLD_TORCH, builder=None)
+        doc["producer"].update(builder=None)
         doc["artifact"]["format_version"] = 1
 
     edit_manifest(s3, result["manifest_uri"], everything)
     decision = Planner(s3, settings(), "if-stale").decide(listed(s3, bucket)[result["manifest_uri"]])
     assert decision.action == "replace"
     assert decision.reason.split("; ") == [
-        f"made by torch {OLD_TORCH}, this worker has {TORCH}",
         f"archive format version 1 < {produced_format_version()}",
         "builder source not recorded",
     ]
@@ -448,13 +451,15 @@ def test_an_unreadable_manifest_under_a_prefix_is_invalid(s3: Any, bucket: str) 
     assert "not a JSON object" in decision.reason
 
 
-def test_an_unreadable_manifest_at_the_target_is_invalid(s3: Any, bucket: str) -> None:
+@pytest.mark.parametrize("policy", ["if-stale", "missing", "always"])
+def test_an_unreadable_manifest_at_the_target_is_replaced(s3: Any, bucket: str, policy: Any) -> None:
     spec = parse_spec(spec_data(bucket))
     keys = export_keys(spec, TORCH)
     put(s3, keys.manifest, b"{not json")
-    decision = Planner(s3, settings(), "if-stale").decide(catalog_candidate(spec))
-    assert decision.action == "invalid"
-    assert decision.reason.startswith(f"{keys.manifest}: ")
+    decision = Planner(s3, settings(), policy).decide(catalog_candidate(spec))
+    assert decision.action == "replace"
+    assert decision.reason.startswith(f"the manifest at the target is not trusted ({keys.manifest}: ")
+    assert decision.target == keys.artifact
 
 
 @pytest.fixture()
@@ -509,7 +514,7 @@ def test_plan_streams_decisions(s3: Any, bucket: str, tmp_path: Path, monkeypatc
     monkeypatch.setattr(Planner, "decide", decide)
     path = tmp_path / "specs.jsonl"
     path.write_text(jsonl(*(spec_data(bucket, f"m{i}") for i in range(5))))
-    decisions = plan(s3, str(path), "if-stale", settings())
+    decisions = plan(s3, str(path), "if-stale", settings(catalog_dir=str(tmp_path)))
     first = next(decisions)
     assert first.name == "m0" and first.action == "export"
     assert decided == [f"{path}:1"], "one decision at a time, not the whole selection first"
@@ -525,7 +530,7 @@ def test_plan_runs_one_target_once(s3: Any, bucket: str, tmp_path: Path) -> None
     a, b = spec_data(bucket, "a"), spec_data(bucket, "b")
     path = tmp_path / "specs.jsonl"
     path.write_text(jsonl(a, b, a, "{bad", a))
-    decisions = list(plan(s3, str(path), "if-stale", settings()))
+    decisions = list(plan(s3, str(path), "if-stale", settings(catalog_dir=str(tmp_path))))
     assert [(d.name, d.action) for d in decisions] == [
         ("a", "export"),
         ("b", "export"),
@@ -543,11 +548,27 @@ def test_plan_over_a_prefix_with_copies_of_one_export(s3: Any, crowded: Any) -> 
     name, _, manifests = crowded
     decisions = list(plan(s3, f"s3://{name}/models/", "always", settings()))
     assert [d.source for d in decisions] == manifests
-    assert [d.action for d in decisions] == ["replace", "unchanged", "unchanged"]
-    assert decisions[1].reason == "same target as another candidate"
-    assert {d.target for d in decisions} == {decisions[0].target}
-    # Nothing to redo: all three are up to date, and none is counted twice.
-    assert [d.reason for d in plan(s3, f"s3://{name}/models", "if-stale", settings())] == ["up to date"] * 3
+    # The copies lie at keys their spec does not map to: invalid, and the run goes on.
+    assert [d.action for d in decisions] == ["invalid", "replace", "invalid"]
+    assert decisions[0].target is None and decisions[2].target is None
+    assert [d.action for d in plan(s3, f"s3://{name}/models", "if-stale", settings())] == [
+        "invalid",
+        "unchanged",
+        "invalid",
+    ]
+
+
+def test_the_same_target_twice_is_run_once(s3: Any, bucket: str) -> None:
+    # A TorchScript export and its .pt2 conversion, both listed: converted, one target.
+    spec, _ = export(s3, bucket)
+    export(s3, bucket, format="pt2")
+    decisions = list(plan(s3, f"s3://{bucket}/models", "always", settings(), to_format="pt2"))
+    assert [d.action for d in decisions] == ["replace", "unchanged"] or [d.action for d in decisions] == [
+        "unchanged",
+        "replace",
+    ]
+    assert "same target as another candidate" in {d.reason for d in decisions}
+    assert decisions[0].target == decisions[1].target == export_keys(spec.as_format("pt2"), TORCH).artifact
 
 
 # -- dry_run -----------------------------------------------------------------------------------
@@ -614,16 +635,23 @@ def test_dry_run_that_fails_leaves_no_report_and_no_upload(s3: Any, bucket: str)
 
 
 def test_dry_run_that_fails_after_a_part_was_sent_aborts_the_upload(s3: Any, bucket: str, tmp_path: Path) -> None:
-    # Invalid specs with long reasons (the bad builder is quoted): more than one 5 MiB part
-    # of plan, then a line that is not UTF-8, so the catalog fails once the upload has begun.
-    bad = {"builder": "not a builder " + "x" * 2000, "destination": f"s3://{bucket}/models"}
+    # Enough invalid specs for more than one 5 MiB part of plan, then a line that is not
+    # UTF-8, so the catalog fails once the upload has begun.
+    bad = {"builder": "not a builder", "destination": f"s3://{bucket}/models"}
     path = tmp_path / "specs.jsonl"
-    path.write_bytes(jsonl(*({"name": f"m{i}", **bad} for i in range(3000))).encode() + b'{"name": "\xff"}\n')
+    path.write_bytes(jsonl(*({"name": f"m{i}", **bad} for i in range(30000))).encode() + b'{"name": "\xff"}\n')
     started: list[str] = []
     s3.meta.events.register("before-call.s3.CreateMultipartUpload", lambda model, **_: started.append(model.name))
     report_uri = f"s3://{bucket}/reports/big.json"
     with pytest.raises(SpecError, match="cannot be read"):
-        bulk.dry_run(s3, str(path), "if-stale", settings(part_size=5 * 1024**2), run_id="big", report_uri=report_uri)
+        bulk.dry_run(
+            s3,
+            str(path),
+            "if-stale",
+            settings(part_size=5 * 1024**2, catalog_dir=str(tmp_path)),
+            run_id="big",
+            report_uri=report_uri,
+        )
     assert started, "the plan filled a part before the catalog failed"
     assert open_uploads(s3, bucket) == []
     assert object_keys(s3, bucket) == []

@@ -43,24 +43,46 @@ def test_the_table_covers_every_combination() -> None:
 def test_plan(found: tuple[bool, bool, bool, bool], expected: Action) -> None:
     manifest_found, archive_found, replace, exclusive = found
     action = plan_export(
-        manifest_found=manifest_found, archive_found=archive_found, replace=replace, exclusive=exclusive
+        manifest_found=manifest_found,
+        manifest_trusted=True,
+        archive_found=archive_found,
+        replace=replace,
+        exclusive=exclusive,
     )
     assert action is expected
 
 
-@pytest.mark.parametrize(("manifest_found", "replace", "exclusive"), list(itertools.product([False, True], repeat=3)))
+@pytest.mark.parametrize(("found", "expected"), sorted(TABLE.items()), ids=str)
+def test_a_manifest_that_is_not_the_specs_export_is_replaced_never_skipped(
+    found: tuple[bool, bool, bool, bool], expected: Action
+) -> None:
+    manifest_found, archive_found, replace, exclusive = found
+    action = plan_export(
+        manifest_found=manifest_found,
+        manifest_trusted=False,
+        archive_found=archive_found,
+        replace=replace,
+        exclusive=exclusive,
+    )
+    # Found and not trusted: staged over, whatever was asked; none found: as in the table.
+    assert action is (STAGE if manifest_found else expected)
+
+
+@pytest.mark.parametrize(
+    ("manifest_found", "trusted", "replace", "exclusive"), list(itertools.product([False, True], repeat=4))
+)
 def test_the_archive_is_looked_for_only_where_it_changes_the_plan(
-    manifest_found: bool, replace: bool, exclusive: bool
+    manifest_found: bool, trusted: bool, replace: bool, exclusive: bool
 ) -> None:
     with_archive, without = (
-        plan_export(manifest_found=manifest_found, archive_found=found, replace=replace, exclusive=exclusive)
+        plan_export(
+            manifest_found=manifest_found,
+            manifest_trusted=trusted,
+            archive_found=found,
+            replace=replace,
+            exclusive=exclusive,
+        )
         for found in (True, False)
     )
     matters = archive_matters(manifest_found=manifest_found, replace=replace, exclusive=exclusive)
     assert matters == (with_archive != without)
-    assert matters == (not manifest_found and (replace or exclusive))
-
-
-def test_actions_are_strings() -> None:
-    assert [a.value for a in Action] == ["skip", "write", "stage"]
-    assert Action("stage") is STAGE

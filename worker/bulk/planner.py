@@ -34,9 +34,11 @@ from serializer.manifest.store import read_manifest
 from serializer.s3.client import S3Client
 
 from ..access import check_spec_scopes
+from ..allowlist import check_allowed
 from ..errors import ExportError, SpecError
-from ..keys import export_keys
+from ..keys import Keys, export_keys, manifest_mismatch
 from ..settings import Policy, Settings
+from ..spec import ExportSpec
 from .selection import Candidate, check_source, iter_candidates
 from .status import Action
 
@@ -98,10 +100,16 @@ class Planner:
             raise SpecError(f"to_format must be one of {', '.join(FORMATS)}, got {self.to_format!r}")
 
     def builder_digest(self, builder: str) -> str | None:
-        """The digest of a builder's source, read once per run and module."""
+        """The digest of a builder's source, read once per run and module; the builder
+        itself is checked against the allow-list every time (one allowed builder of a
+        module does not allow the others).
+
+        Raises:
+            BuilderNotAllowed: outside the allow-list.
+        """
         from ..builders import builder_digest
 
-        module = builder.partition(":")[0]
+        module = check_allowed(builder, self.settings.allowed_builders)
         if module not in self._digests:
             self._digests[module] = builder_digest(builder, self.settings.allowed_builders)
         return self._digests[module]
@@ -131,6 +139,24 @@ class Planner:
             reasons.append("builder source changed")
         return reasons
 
+    def _target_manifest(
+        self, candidate: Candidate, spec: ExportSpec, keys: Keys
+    ) -> tuple[Manifest | None, str | None]:
+        """What the target's manifest key holds: the manifest where it is this spec's export;
+        otherwise None, and why it is not trusted (None too where nothing is there).
+
+        Raises:
+            SerializerError, ClientError: it cannot be read for another reason than its content.
+        """
+        if candidate.manifest is not None and candidate.manifest_uri == keys.manifest:
+            return candidate.manifest, None  # checked when it was listed
+        try:
+            current = _read_optional(self.client, keys.manifest)
+        except ManifestError as exc:
+            return None, f" ({exc})"
+        mismatch = None if current is None else manifest_mismatch(current, spec, keys.manifest)
+        return (None, f": {mismatch}") if mismatch is not None else (current, None)
+
     def decide(self, candidate: Candidate) -> Decision:
         """The decision for one candidate (reads the target's manifest where needed)."""
         if candidate.error is not None or candidate.spec is None:
@@ -154,13 +180,13 @@ class Planner:
         def decision(action: Action, reason: str) -> Decision:
             return Decision(action, reason, spec.name, candidate.source, spec_json, keys.artifact)
 
-        if candidate.manifest is not None and candidate.manifest_uri == keys.manifest:
-            current: Manifest | None = candidate.manifest
-        else:
-            try:
-                current = _read_optional(self.client, keys.manifest)
-            except (SerializerError, ClientError) as exc:
-                return Decision(Action.INVALID, f"{keys.manifest}: {exc}", spec.name, candidate.source)
+        try:
+            current, distrust = self._target_manifest(candidate, spec, keys)
+        except (SerializerError, ClientError) as exc:
+            return Decision(Action.INVALID, f"{keys.manifest}: {exc}", spec.name, candidate.source)
+        if distrust is not None:
+            # Not this spec's export (planted, copied there, unreadable): the export replaces it.
+            return decision(Action.REPLACE, f"the manifest at the target is not trusted{distrust}")
         if current is None:
             if candidate.manifest is not None:
                 old = candidate.manifest.producer.torch
@@ -177,6 +203,12 @@ class Planner:
 
 
 def _read_optional(client: S3Client, uri: str) -> Manifest | None:
+    """The manifest at ``uri``, or None where there is none.
+
+    Raises:
+        ManifestError: one that cannot be read or does not validate.
+        ClientError: a transient store error.
+    """
     try:
         return read_manifest(client, uri)
     except ManifestError as exc:
@@ -209,7 +241,7 @@ def plan(
     """Every candidate's decision, streamed: what a run would do, and why (``--dry-run``)."""
     planner = Planner(client, settings, policy, to_format=to_format)
     recent = RecentTargets()
-    for candidate in iter_candidates(client, check_source(source)):
+    for candidate in iter_candidates(client, check_source(source), catalog_dir=settings.catalog_dir):
         decision = planner.decide(candidate)
         if decision.runs and decision.target is not None and not recent.add(decision.target):
             decision = Decision(Action.UNCHANGED, "same target as another candidate", decision.name, decision.source,

@@ -52,7 +52,8 @@ def plan_run(
     run: BulkRun, client: S3Client, planner: Planner, send: Send, on_progress: Callable[[], None] | None = None
 ) -> None:
     """Stream the selection into the run, dispatching as it goes."""
-    for item_id, candidate in enumerate(iter_candidates(client, run.keys.source)):
+    candidates = iter_candidates(client, run.keys.source, catalog_dir=planner.settings.catalog_dir)
+    for item_id, candidate in enumerate(candidates):
         run.add(planner.decide(candidate), item_id)
         if item_id % PLAN_BATCH == PLAN_BATCH - 1:
             run.dispatch(send)

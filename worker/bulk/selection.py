@@ -4,11 +4,20 @@ A selection is either every manifest under an ``s3://bucket/prefix`` (paging thr
 listing) or a catalog of specs (JSON Lines or YAML, on S3 or on disk).  Each candidate is a
 spec with where it was found (and the manifest it was read from), or the reason it cannot
 be read.  Everything here streams: memory stays flat whatever the selection's size.
+
+What a selection holds is data, not trusted: a manifest is a candidate only where it is
+the export of the spec it records, at the keys that spec maps to
+(:func:`~worker.keys.manifest_mismatch`); an object that cannot be read or parsed is an
+invalid candidate, and the run goes on.  A catalog on disk is read only from inside
+``EXPORT_CATALOG_DIR``.  The reasons given for a catalog's bad entries name the line (or
+document) and the kind of error, never the file's text: they end up in reports.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +26,7 @@ from typing import Any
 import yaml
 from botocore.exceptions import ClientError
 
-from serializer.errors import InvalidURI, ManifestError
+from serializer.errors import InvalidURI, SerializerError
 from serializer.manifest.model import MANIFEST_SUFFIX, Manifest
 from serializer.manifest.store import read_manifest
 from serializer.s3.client import S3Client
@@ -25,6 +34,7 @@ from serializer.s3.retry import error_code
 from serializer.s3.uri import parse_s3_uri
 
 from ..errors import SpecError
+from ..keys import manifest_mismatch
 from ..settings import JSONL_SUFFIXES, YAML_SUFFIXES
 from ..spec import ExportSpec, parse_spec
 
@@ -103,36 +113,53 @@ def list_manifests(client: S3Client, prefix_uri: str, *, start_after: str | None
         kwargs["ContinuationToken"] = token
 
 
-def iter_candidates(client: S3Client, source: str) -> Iterator[Candidate]:
-    """Every candidate of a selection, in order, one at a time."""
+def iter_candidates(client: S3Client, source: str, *, catalog_dir: str | None = None) -> Iterator[Candidate]:
+    """Every candidate of a selection, in order, one at a time.
+
+    Args:
+        catalog_dir: the folder a catalog on disk must lie in (``EXPORT_CATALOG_DIR``);
+            None refuses catalogs on disk.
+
+    Raises:
+        SpecError: the catalog cannot be read (or, on disk, lies outside ``catalog_dir``).
+    """
     if not is_catalog(source):
         for uri in list_manifests(client, source):
             yield _from_manifest(client, uri)
     elif source.lower().endswith(JSONL_SUFFIXES):
-        for number, line in enumerate(_catalog_lines(client, source), start=1):
+        for number, line in enumerate(_catalog_lines(client, source, catalog_dir), start=1):
             text = line.strip()
             if not text or text.startswith("#"):
                 continue
             where = f"{source}:{number}"
             try:
                 data = json.loads(text)
+            except RecursionError:
+                yield Candidate(source=where, error=f"{where}: not JSON: nested too deep")
+                continue
             except ValueError as exc:
+                # JSONDecodeError's message is the kind of error and its position, no text.
                 yield Candidate(source=where, error=f"{where}: not JSON: {exc}")
                 continue
             yield _from_data(where, data)
     else:
-        yield from _yaml_candidates(client, source)
+        yield from _yaml_candidates(client, source, catalog_dir)
 
 
 def _from_manifest(client: S3Client, uri: str) -> Candidate:
+    """The candidate a listed manifest gives: its spec, where the manifest is that spec's
+    export at that spec's keys; otherwise invalid, with the reason."""
     try:
         manifest = read_manifest(client, uri)
-    except ManifestError as exc:
-        return Candidate(source=uri, manifest_uri=uri, error=str(exc))
+    except (SerializerError, RecursionError) as exc:  # unreadable, too large, not JSON, a key that is no URI
+        return Candidate(source=uri, manifest_uri=uri, error=str(exc) if str(exc) else type(exc).__name__)
     try:
         spec = parse_spec(manifest.spec)
     except SpecError as exc:
         return Candidate(source=uri, manifest_uri=uri, manifest=manifest, error=f"recorded spec: {exc}")
+    mismatch = manifest_mismatch(manifest, spec, uri)
+    if mismatch is not None:
+        return Candidate(source=uri, manifest_uri=uri, given_name=spec.name, error=f"not trusted: {mismatch}")
     return Candidate(source=uri, spec=spec, manifest_uri=uri, manifest=manifest)
 
 
@@ -141,35 +168,98 @@ def _from_data(where: str, data: Any) -> Candidate:
         return Candidate(source=where, spec=parse_spec(data))
     except SpecError as exc:
         name = data.get("name") if isinstance(data, dict) else None
-        return Candidate(source=where, error=f"{where}: {exc}", given_name=name if isinstance(name, str) else None)
+        return Candidate(source=where, error=f"{where}: {_safe_reason(exc)}", given_name=_plain_name(name))
 
 
-def _catalog_lines(client: S3Client, source: str) -> Iterator[str]:
+def _safe_reason(exc: SpecError) -> str:
+    """What a report says of a catalog entry that is not a spec: the fields and the kinds of
+    error, never a value (the entry is the file's text)."""
+    if not exc.problems:
+        return "invalid spec"
+    return "invalid spec: " + "; ".join(f"{field}: {kind}" for field, kind in exc.problems)
+
+
+def _plain_name(name: Any) -> str | None:
+    """A bad entry's name, where it reads as an export's name (anything else is not shown)."""
+    if isinstance(name, str) and 0 < len(name) <= 128 and all(c.isalnum() or c in "._-" for c in name):
+        return name
+    return None
+
+
+def check_catalog_path(source: str, catalog_dir: str | None) -> Path:
+    """The resolved path of a catalog on disk, which must lie inside ``catalog_dir``
+    (symlinks and ``..`` resolved first).
+
+    Raises:
+        SpecError: no ``catalog_dir`` is set, or the path lies outside it.
+    """
+    if not catalog_dir:
+        raise SpecError(
+            f"catalog {source} is on disk, and catalogs on disk are refused: set EXPORT_CATALOG_DIR "
+            "to the folder they are read from, or put the catalog in S3"
+        )
+    folder = Path(catalog_dir).resolve()
+    path = Path(source).resolve()
+    if not path.is_relative_to(folder):
+        raise SpecError(
+            f"catalog {source} lies outside EXPORT_CATALOG_DIR ({folder}); catalogs on disk are read there only"
+        )
+    return path
+
+
+def _open_catalog(path: Path) -> int:
+    """A descriptor of the regular file at ``path`` (resolved), refusing a link put in its
+    place since it was resolved, and anything that is not a regular file (a FIFO, a device)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IsADirectoryError(f"{path} is not a regular file")
+    return fd
+
+
+def _catalog_lines(client: S3Client, source: str, catalog_dir: str | None) -> Iterator[str]:
+    number = 0
     try:
         if source.startswith("s3://"):
             target = parse_s3_uri(source)
             body = client.get_object(Bucket=target.bucket, Key=target.key)["Body"]
-            for raw in body.iter_lines(keepends=True):
+            for number, raw in enumerate(body.iter_lines(keepends=True), start=1):  # noqa: B007 - named in errors
                 yield raw.decode("utf-8")
         else:
-            with Path(source).open(encoding="utf-8") as f:
-                yield from f
+            fd = _open_catalog(check_catalog_path(source, catalog_dir))
+            with open(fd, encoding="utf-8") as f:
+                for number, line in enumerate(f, start=1):  # noqa: B007 - named in errors
+                    yield line
     except ClientError as exc:
         raise SpecError(f"catalog {source} cannot be read ({error_code(exc) or exc})") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"catalog {source} cannot be read: {exc}") from exc
+    except UnicodeDecodeError:
+        raise SpecError(f"catalog {source} cannot be read: line {number + 1} is not UTF-8") from None
+    except OSError as exc:
+        raise SpecError(f"catalog {source} cannot be read: {exc.strerror or type(exc).__name__}") from None
 
 
-def _yaml_candidates(client: S3Client, source: str) -> Iterator[Candidate]:
+def _yaml_candidates(client: S3Client, source: str, catalog_dir: str | None) -> Iterator[Candidate]:
     """A YAML catalog: a list of specs, or one spec per document.  Parsed whole (YAML has no
     line-by-line form); JSON Lines is the format for very large catalogs."""
-    text = "".join(_catalog_lines(client, source))
+    text = "".join(_catalog_lines(client, source, catalog_dir))
     try:
         documents = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
-        raise SpecError(f"catalog {source} is not valid YAML: {exc}") from exc
+        raise SpecError(f"catalog {source} is not valid YAML: {_yaml_position(exc)}") from None
+    except RecursionError:
+        raise SpecError(f"catalog {source} is not valid YAML: nested too deep") from None
     number = 0
     for doc in documents:
         for data in doc if isinstance(doc, list) else [doc] if doc is not None else []:
             number += 1
             yield _from_data(f"{source}#{number}", data)
+
+
+def _yaml_position(exc: yaml.YAMLError) -> str:
+    """Where the YAML error is and its kind, without the snippet of text PyYAML quotes."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+    problem = getattr(exc, "problem", None)
+    # PyYAML's problems name tokens ("expected ',' or ']'"), or quote one found character.
+    kind = problem.split(",")[0] if isinstance(problem, str) and "found" not in problem else type(exc).__name__
+    return f"{kind} at {where}"

@@ -9,10 +9,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from rich.json import JSON
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from serializer.consumer.extras import read_extra_file
+from serializer.errors import SerializerError
 from serializer.manifest.store import read_manifest
 from serializer.s3.client import S3Client, make_s3_client
 
@@ -37,10 +39,17 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ls_rows(client: S3Client, prefix: str) -> list[dict[str, Any]]:
+def _ls_rows(client: S3Client, prefix: str) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """The exports under ``prefix``, and each manifest that cannot be read with the reason
+    (too large, nested too deep, not JSON, invalid, under a key that is no valid URI)."""
     rows = []
+    invalid: list[tuple[str, str]] = []
     for uri in list_manifests(client, prefix):
-        m = read_manifest(client, uri)
+        try:
+            m = read_manifest(client, uri)
+        except (SerializerError, RecursionError) as exc:
+            invalid.append((uri, str(exc) or type(exc).__name__))
+            continue
         rows.append(
             {
                 "name": m.spec.get("name", ""),
@@ -53,16 +62,22 @@ def _ls_rows(client: S3Client, prefix: str) -> list[dict[str, Any]]:
                 "verified": None if m.verification is None else m.verification.passed,
             }
         )
-    return rows
+    return rows, invalid
 
 
 def ls(args: argparse.Namespace) -> int:
-    """``exportctl ls PREFIX [--json]``: a table (or JSON lines) of the exports under a prefix."""
-    rows = _ls_rows(make_s3_client(), args.prefix)
+    """``exportctl ls PREFIX [--json]``: a table (or JSON lines) of the exports under a prefix.
+
+    A manifest that cannot be read is shown as invalid, with the reason, on stderr; the
+    others are listed, and the exit status is 1 where any was invalid.
+    """
+    rows, invalid = _ls_rows(make_s3_client(), args.prefix)
+    for uri, reason in invalid:
+        console.print(f"[red]invalid[/red] {escape(ascii(uri)[1:-1])}: {escape(reason)}")
     if args.json:
         for row in rows:
             sys.stdout.write(json.dumps(row, sort_keys=True) + "\n")
-        return 0
+        return 1 if invalid else 0
     table = Table("name", "format", "size", "torch", "created", "verified", "artifact")
     for row in rows:
         verified = {None: "-", True: "[green]yes[/green]", False: "[red]no[/red]"}[row["verified"]]
@@ -76,8 +91,8 @@ def ls(args: argparse.Namespace) -> int:
             row["artifact_uri"],
         )
     out.print(table)
-    console.print(f"{len(rows)} exports under {args.prefix}")
-    return 0
+    console.print(f"{len(rows)} exports under {args.prefix}" + (f", {len(invalid)} invalid" if invalid else ""))
+    return 1 if invalid else 0
 
 
 def verify(args: argparse.Namespace) -> int:

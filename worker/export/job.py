@@ -31,10 +31,10 @@ from .publish import (
     await_winner,
     delete_on_failure,
     delete_quietly,
-    existing_manifest,
     object_exists,
     promote,
     publish_manifest,
+    trusted_manifest,
 )
 from .record import record_files
 from .result import result_of
@@ -77,8 +77,13 @@ def run_export(
     report = progress or ignore_progress
     producer = current_producer(spec.device, builder_digest(spec.builder, settings.allowed_builders))
     keys = export_keys(spec, producer.torch)
-    done = existing_manifest(client, keys)
-    action = _decide(client, keys, manifest_found=done is not None, replace=replace, exclusive=exclusive)
+    done, distrust = trusted_manifest(client, keys, spec)
+    if distrust is not None:
+        log.warning("export %s: manifest at %s not trusted (%s); replacing it", spec.name, keys.manifest, distrust)
+    action = _decide(
+        client, keys, found=done is not None or distrust is not None, trusted=distrust is None,
+        replace=replace, exclusive=exclusive,
+    )  # fmt: skip
     if action is Action.SKIP and done is not None:  # SKIP: a manifest was found
         log.info("export %s already at %s; skipped", spec.spec_hash[:16], keys.artifact)
         return result_of(done, keys, skipped=True)
@@ -103,12 +108,12 @@ def run_export(
                 progress=counter,
             )
         except ObjectExists:
-            return await_winner(client, keys, other_running)
+            return await_winner(client, keys, spec, other_running)
         except UploadFailed as exc:
             if exclusive or not aborted_by_holder(exc):
                 raise
             log.info("export %s: the holder of its lock aborted this upload; waiting for its manifest", spec.name)
-            return await_winner(client, keys, other_running)
+            return await_winner(client, keys, spec, other_running)
     staging = upload_uri if staged else None
     result = _publish(spec, settings, client, keys, info, built, producer, report, staging=staging)
     if not result["skipped"]:  # skipped: another job published first, and its export was adopted
@@ -118,12 +123,15 @@ def run_export(
     return result
 
 
-def _decide(client: S3Client, keys: Keys, *, manifest_found: bool, replace: bool, exclusive: bool) -> Action:
+def _decide(client: S3Client, keys: Keys, *, found: bool, trusted: bool, replace: bool, exclusive: bool) -> Action:
     """The plan for these keys; the archive is looked for only where the plan depends on it."""
-    archive_found = archive_matters(
-        manifest_found=manifest_found, replace=replace, exclusive=exclusive
-    ) and object_exists(client, keys.artifact)
-    return plan_export(manifest_found=manifest_found, archive_found=archive_found, replace=replace, exclusive=exclusive)
+    archive_found = archive_matters(manifest_found=found, replace=replace, exclusive=exclusive) and object_exists(
+        client, keys.artifact
+    )
+    return plan_export(
+        manifest_found=found, manifest_trusted=trusted, archive_found=archive_found, replace=replace,
+        exclusive=exclusive,
+    )  # fmt: skip
 
 
 def _prepare(
@@ -179,4 +187,4 @@ def _publish(
             metadata=spec.metadata,
         )
         conditional = settings.conditional_publish and staging is None
-        return publish_manifest(client, keys, info, manifest, conditional=conditional)
+        return publish_manifest(client, keys, info, manifest, spec, conditional=conditional)

@@ -22,7 +22,8 @@ from serializer.s3.retry import error_code
 from serializer.s3.uri import parse_s3_uri
 
 from ..errors import ExportConflict
-from ..keys import Keys
+from ..keys import Keys, manifest_mismatch
+from ..spec import ExportSpec
 from .result import result_of
 
 if TYPE_CHECKING:
@@ -48,6 +49,25 @@ def existing_manifest(client: S3Client, keys: Keys) -> Manifest | None:
         if "no manifest" in str(exc):
             return None
         raise
+
+
+def trusted_manifest(client: S3Client, keys: Keys, spec: ExportSpec) -> tuple[Manifest | None, str | None]:
+    """What the export's manifest key holds: ``(manifest, None)`` where it is the export of
+    ``spec`` (:func:`~worker.keys.manifest_mismatch`), ``(None, None)`` where nothing is
+    there, ``(None, why)`` where something is there that is not (planted, copied, or
+    unreadable): the export then goes on and replaces it.
+
+    Raises:
+        ClientError: a transient store error.
+    """
+    try:
+        found = existing_manifest(client, keys)
+    except ManifestError as exc:
+        return None, str(exc)
+    if found is None:
+        return None, None
+    mismatch = manifest_mismatch(found, spec, keys.manifest)
+    return (None, mismatch) if mismatch is not None else (found, None)
 
 
 def object_exists(client: S3Client, uri: str) -> bool:
@@ -81,7 +101,7 @@ def promote(client: S3Client, staged: ArchiveInfo, artifact_uri: str) -> Archive
 
 
 def publish_manifest(
-    client: S3Client, keys: Keys, info: ArchiveInfo, manifest: Manifest, *, conditional: bool
+    client: S3Client, keys: Keys, info: ArchiveInfo, manifest: Manifest, spec: ExportSpec, *, conditional: bool
 ) -> dict[str, Any]:
     """Write the manifest, the export's last step; the task's result.  Where ``conditional``
     and another job published first, its export is adopted (``skipped``) or refused.
@@ -92,18 +112,19 @@ def publish_manifest(
     try:
         write_manifest(client, keys.manifest, manifest, if_none_match=conditional)
     except ObjectExists:
-        return adopt_winner(client, keys, info)
+        return adopt_winner(client, keys, info, spec)
     return result_of(manifest, keys, skipped=False)
 
 
-def adopt_winner(client: S3Client, keys: Keys, info: ArchiveInfo) -> dict[str, Any]:
+def adopt_winner(client: S3Client, keys: Keys, info: ArchiveInfo, spec: ExportSpec) -> dict[str, Any]:
     """Another job published the manifest first.  Its archive is the one stored (the archive
-    key is written once): where its manifest describes these bytes, the export is done.
+    key is written once): where its manifest is this spec's and describes these bytes, the
+    export is done.
 
     Raises:
-        ExportConflict: the winner's manifest describes other bytes.
+        ExportConflict: the winner's manifest describes other bytes, or another spec.
     """
-    done = existing_manifest(client, keys)
+    done, _ = trusted_manifest(client, keys, spec)
     if done is not None and done.artifact.sha256 == info.sha256:
         return result_of(done, keys, skipped=True)
     raise ExportConflict(
@@ -112,16 +133,19 @@ def adopt_winner(client: S3Client, keys: Keys, info: ArchiveInfo) -> dict[str, A
     )
 
 
-def await_winner(client: S3Client, keys: Keys, other_running: Callable[[], bool] | None = None) -> dict[str, Any]:
+def await_winner(
+    client: S3Client, keys: Keys, spec: ExportSpec, other_running: Callable[[], bool] | None = None
+) -> dict[str, Any]:
     """Another worker published the same artifact first: wait for its manifest (at least
-    CONFLICT_WAIT seconds, and for as long as ``other_running`` says it is at work).
+    CONFLICT_WAIT seconds, and for as long as ``other_running`` says it is at work); only a
+    manifest that is this spec's export counts.
 
     Raises:
-        ExportConflict: no manifest came.
+        ExportConflict: no manifest of this spec came.
     """
     deadline = time.monotonic() + CONFLICT_WAIT
     while time.monotonic() < deadline or (other_running is not None and other_running()):
-        done = existing_manifest(client, keys)
+        done, _ = trusted_manifest(client, keys, spec)
         if done is not None:
             return result_of(done, keys, skipped=True)
         time.sleep(0.5)

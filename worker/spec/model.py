@@ -223,17 +223,31 @@ def parse_spec(data: Any) -> ExportSpec:
     if isinstance(data, ExportSpec):
         return data
     if not isinstance(data, dict):
-        raise SpecError(f"a spec is a JSON object, got {type(data).__name__}")
-    check_depth(data)
+        raise _spec_error(f"a spec is a JSON object, got {type(data).__name__}", ("spec", "not_an_object"))
+    try:
+        check_depth(data)
+    except SpecError as exc:
+        raise _spec_error(str(exc), ("spec", "too_deep")) from None
     try:
         # Validated as JSON text, strictly: a dict made in Python is held to what JSON means.
         text = json.dumps(data)
     except (TypeError, ValueError) as exc:
-        raise SpecError(f"invalid spec: not JSON data: {exc}") from None
+        raise _spec_error(f"invalid spec: not JSON data: {exc}", ("spec", "not_json")) from None
     try:
         return ExportSpec.model_validate_json(text)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
-        raise SpecError(f"invalid spec: {problems}") from None
+        errors = exc.errors(include_url=False)
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}" for err in errors)
+        kinds = [(_field_of(err["loc"]), err["type"]) for err in errors]
+        raise _spec_error(f"invalid spec: {problems}", *kinds) from None
+
+
+def _field_of(loc: tuple[int | str, ...]) -> str:
+    """The spec's own field a validation error is about, or "spec" (an unknown key is data)."""
+    return str(loc[0]) if loc and loc[0] in ExportSpec.model_fields else "spec"
+
+
+def _spec_error(message: str, *problems: tuple[str, str]) -> SpecError:
+    error = SpecError(message)
+    error.problems = problems
+    return error
