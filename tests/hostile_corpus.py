@@ -95,6 +95,25 @@ def _never_import(ctx: Ctx) -> dict[str, Any]:
     return ctx.spec(builder="tests.never_import:build")
 
 
+def _hub_loader(ctx: Ctx) -> dict[str, Any]:
+    # The allowed module imports torch.hub's loader; called, it would unpickle the served file.
+    marker = ctx.worker.shared_dir / f"pwned-{uuid.uuid4().hex[:8]}"
+    served = ctx.worker.shared_dir / f"evil-{uuid.uuid4().hex[:8]}.pt"
+    served.write_bytes(_zip_torch_save(marker))
+    hub_dir = ctx.worker.shared_dir / f"hub-{uuid.uuid4().hex[:8]}"
+    ctx.markers += [marker, hub_dir]
+    url = served.as_uri()
+    return ctx.spec(
+        builder="tests.acme_models:load_state_dict_from_url", kwargs={"url": url, "model_dir": str(hub_dir)}
+    )
+
+
+def _imported_builder(ctx: Ctx) -> dict[str, Any]:
+    marker = ctx.worker.shared_dir / f"called-{uuid.uuid4().hex[:8]}"
+    ctx.markers.append(marker)
+    return ctx.spec(builder="tests.acme_models:leave_marker", kwargs={"path": str(marker)})
+
+
 def _malicious_weights(ctx: Ctx) -> dict[str, Any]:
     marker = ctx.worker.shared_dir / f"pwned-{uuid.uuid4().hex[:8]}"
     ctx.markers.append(marker)
@@ -622,9 +641,39 @@ CORPUS = [
     ),
     case(
         lambda ctx: ctx.spec(builder="tests.fixtures:ALL_BYTES"),
-        "BuildFailed",
-        r"builder 'tests\.fixtures:ALL_BYTES' failed .*'bytes' object is not callable",
+        "BuilderNotAllowed",
+        r"builder 'tests\.fixtures:ALL_BYTES' is a bytes, not a function or class",
         id="builder-not-callable",
+        schema=False,
+    ),
+    case(
+        _hub_loader,
+        "BuilderNotAllowed",
+        r"builder 'tests\.acme_models:load_state_dict_from_url' is torch\.hub:load_state_dict_from_url, "
+        r"imported into tests\.acme_models, not defined there",
+        id="builder-imported-hub-loader",
+        schema=False,
+    ),
+    case(
+        _imported_builder,
+        "BuilderNotAllowed",
+        r"builder 'tests\.acme_models:leave_marker' is tests\.acme_tools:leave_marker, imported into",
+        id="builder-registered-elsewhere",
+        schema=False,
+    ),
+    case(
+        lambda ctx: ctx.spec(builder="tests.fixtures:Settings", kwargs={"broker_url": "redis://elsewhere:6379/0"}),
+        "BuilderNotAllowed",
+        r"builder 'tests\.fixtures:Settings' is worker\.settings:Settings, imported into tests\.fixtures",
+        id="builder-imported-class",
+        schema=False,
+    ),
+    case(
+        lambda ctx: ctx.spec(builder="tests.fixtures:scripted", kwargs={"module": {}}),
+        "BuilderNotAllowed",
+        r"builder 'tests\.fixtures:scripted' is not registered: the EXPORT_ALLOWED_BUILDERS entry 'tests\.fixtures'",
+        id="builder-defined-not-registered",
+        schema=False,
     ),
     case(
         lambda ctx: ctx.spec(builder="tests.fixtures:not_a_module"),

@@ -1,9 +1,8 @@
-"""Building the module a spec names: allow-list, import, weights, device, example inputs, scripting."""
+"""Building the module a spec names: the allowed builder, weights, device, example inputs, scripting."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
 import logging
 import os
@@ -21,37 +20,20 @@ from serializer.s3.retry import error_code
 from serializer.s3.uri import parse_s3_uri
 from serializer.torchscript.save import quiet_torchscript_deprecation
 
-from .errors import BuilderNotAllowed, BuildFailed, DeviceUnavailable, ScriptingFailed, TorchExportFailed
+from .allowlist import check_allowed, resolve_builder
+from .errors import BuildFailed, DeviceUnavailable, ScriptingFailed, TorchExportFailed
 from .spec import INT_DTYPES, DimSpec, ExportSpec, InputDims, TensorSpec
 
 log = logging.getLogger(__name__)
-
-
-def check_allowed(builder: str, allowed: Sequence[str]) -> str:
-    """Return the builder's module name if it lies under an allowed prefix.
-
-    A prefix allows the module itself and its submodules (``acme.models`` allows
-    ``acme.models`` and ``acme.models.vision``, not ``acme.models_old``).
-
-    Raises:
-        BuilderNotAllowed: outside every prefix; nothing has been imported.
-    """
-    module = builder.partition(":")[0]
-    for entry in allowed:
-        prefix = entry.strip().rstrip(".")
-        if prefix and (module == prefix or module.startswith(prefix + ".")):
-            return module
-    raise BuilderNotAllowed(
-        f"builder {builder!r} is not under EXPORT_ALLOWED_BUILDERS ({', '.join(allowed) or 'empty'}); "
-        "add its package to the setting on the workers"
-    )
 
 
 def builder_digest(builder: str, allowed: Sequence[str]) -> str | None:
     """``sha256:<hex>`` of the source file of the builder's module, as it is on disk.
 
     Recorded in each manifest's producer, so a bulk re-export (``if-stale``) sees when a
-    builder's code changed.  Only the module that defines the builder is hashed, not what it
+    builder's code changed.  Only the name is checked against the allow-list here
+    (:func:`worker.allowlist.check_allowed`); whether the module really offers that builder is
+    checked when it is built.  Only the module that defines the builder is hashed, not what it
     imports; workers are expected to run the code on disk (restart them on deploy).  Finding
     the file imports the module's parent packages, so the allow-list is checked first.
 
@@ -110,17 +92,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_module(spec: ExportSpec, allowed: Sequence[str], device: torch.device) -> torch.nn.Module:
-    """Import the builder (after the allow-list check), call it with ``kwargs``, return the module.
+    """Find the allowed builder (:func:`worker.allowlist.resolve_builder`), call it with
+    ``kwargs``, return the module.
 
     Raises:
-        BuilderNotAllowed, BuildFailed.
+        BuilderNotAllowed: refused by the allow-list; the builder has not been called.
+        BuildFailed: cannot be imported, fails, or returns something other than a module.
     """
-    module_name = check_allowed(spec.builder, allowed)
-    attr = spec.builder.partition(":")[2]
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise BuildFailed(f"cannot import builder {spec.builder!r}: {exc}") from exc
+    factory = resolve_builder(spec.builder, allowed)
     try:
         module = factory(**spec.kwargs)
     except SoftTimeLimitExceeded:

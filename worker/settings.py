@@ -117,8 +117,8 @@ def crontab_of(expression: str) -> object:
         raise ValueError(f"crontab {expression!r}: {exc}") from exc
 
 
-#: Modules a spec's builder may come from when EXPORT_ALLOWED_BUILDERS is unset: only the
-#: bundled examples, so nothing else is ever imported by default.
+#: Builders a spec may name when EXPORT_ALLOWED_BUILDERS is unset: the bundled examples'
+#: registered builders only, so nothing else is ever imported by default.
 DEFAULT_ALLOWED_BUILDERS = ("worker.examples",)
 
 
@@ -176,7 +176,10 @@ class Settings(BaseSettings):
     )
     allowed_builders: CommaList = Field(
         default=DEFAULT_ALLOWED_BUILDERS,
-        description="comma-separated module prefixes a spec's builder may be imported from",
+        description=(
+            "comma-separated builders a spec may name: exact callables (pkg.module:function) or modules "
+            "(and their submodules) of builders registered with worker.allowlist.register_builder"
+        ),
     )
     read_scopes: ScopeList = Field(
         default=DEFAULT_SCOPES,
@@ -260,14 +263,14 @@ class Settings(BaseSettings):
         default=None,
         description="s3://bucket/prefix for bulk re-export reports; default: _reexport/ under the selection",
     )
-    reexport_schedule: list[ScheduleEntry] = Field(
-        default_factory=list,
-        description='JSON list of scheduled bulk re-exports for beat: [{"source": .., "policy": .., "cron": ..}]',
     catalog_dir: str | None = Field(
         default=None,
         description="folder a bulk re-export's catalog on disk must lie in (symlinks and .. resolved); "
         "unset: catalogs on disk are refused, catalogs in S3 only",
     )
+    reexport_schedule: list[ScheduleEntry] = Field(
+        default_factory=list,
+        description='JSON list of scheduled bulk re-exports for beat: [{"source": .., "policy": .., "cron": ..}]',
     )
 
     @model_validator(mode="after")
