@@ -28,4 +28,11 @@ class ArchiveError(SerializerError):
 
 
 class ManifestError(SerializerError, ValueError):
-    """Raised when a manifest is missing, malformed or does not match its artifact."""
+    """Raised when a manifest is missing, malformed or does not match its artifact.
+
+    ``summary``, where given, says the same without quoting the manifest's values (what a
+    bulk run's report, sent where its sender picks, may carry)."""
+
+    def __init__(self, message: str, *, summary: str | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or message

@@ -155,8 +155,8 @@ class Manifest(_Model):
     def from_json(cls, data: bytes | str) -> Manifest:
         """Parse and validate a manifest.
 
-        Messages name the position or field and the kind of error, never the manifest's
-        text or values.
+        The error's ``summary`` names the position or field and the kind of error, never the
+        manifest's text or values; its message may quote them (a reader needs to see which).
 
         Raises:
             ManifestError: larger than MAX_MANIFEST_BYTES, not UTF-8 JSON, nested deeper than
@@ -191,7 +191,7 @@ class Manifest(_Model):
                 f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['type']}"
                 for err in exc.errors(include_url=False, include_input=False, include_context=False)
             )
-            raise ManifestError(f"invalid manifest: {problems}") from None
+            raise ManifestError(f"invalid manifest: {exc}", summary=f"invalid manifest: {problems}") from None
 
 
 def _nested_deeper(data: Any, limit: int) -> bool:

@@ -409,7 +409,7 @@ FAILURES: dict[str, FailureCase] = {
     "missing weights object": (
         lambda ctx: tiny_spec(ctx.dest, weights=f"s3://{ctx.assets}/no/such/weights.pt"),
         "BuildFailed",
-        ["weights", "no/such/weights.pt", "404"],
+        ["weights", "no/such/weights.pt", "cannot be read"],
     ),
     "malicious pickle in weights": (_malicious_weights, "BuildFailed", ["weights_only", "evil/state_dict.pt"]),
     "weights that do not fit": (_wrong_weights, "BuildFailed", ["do not fit", "size mismatch"]),

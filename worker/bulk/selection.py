@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from botocore.exceptions import ClientError
 
-from serializer.errors import InvalidURI, SerializerError
+from serializer.errors import InvalidURI, ManifestError, SerializerError
 from serializer.manifest.model import MANIFEST_SUFFIX, Manifest
 from serializer.manifest.store import read_manifest
 from serializer.s3.client import S3Client
@@ -152,7 +152,8 @@ def _from_manifest(client: S3Client, uri: str) -> Candidate:
     try:
         manifest = read_manifest(client, uri)
     except (SerializerError, RecursionError) as exc:  # unreadable, too large, not JSON, a key that is no URI
-        return Candidate(source=uri, manifest_uri=uri, error=str(exc) if str(exc) else type(exc).__name__)
+        reason = exc.summary if isinstance(exc, ManifestError) else str(exc)
+        return Candidate(source=uri, manifest_uri=uri, error=reason or type(exc).__name__)
     try:
         spec = parse_spec(manifest.spec)
     except SpecError as exc:

@@ -17,6 +17,7 @@ losing the conditional publish.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -45,24 +46,36 @@ def abort_dead_uploads(client: S3Client, keys: Keys) -> int:
     target = parse_s3_uri(keys.artifact)
     aborted = 0
     pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=target.bucket, Prefix=target.key)
-    for page in pages:
-        for upload in page.get("Uploads", []):
-            if not is_upload_of(target.key, upload["Key"]):
-                continue
-            try:
-                client.abort_multipart_upload(Bucket=target.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-            except ClientError as exc:
-                if error_code(exc) != "NoSuchUpload":  # gone meanwhile: nothing left to abort
-                    raise
-                continue
-            aborted += 1
-            log.warning(
-                "aborted upload %s of s3://%s/%s left by a job that died (started %s)",
-                upload["UploadId"],
-                target.bucket,
-                upload["Key"],
-                upload.get("Initiated"),
-            )
+    try:
+        for page in pages:
+            aborted += _abort_listed(client, target.bucket, target.key, page.get("Uploads", []))
+    except ClientError as exc:
+        if error_code(exc) != "NoSuchBucket":
+            raise
+        # No bucket, no upload to abort: the export's own upload fails next, naming it.
+    return aborted
+
+
+def _abort_listed(client: S3Client, bucket: str, key: str, uploads: list[Any]) -> int:
+    """Abort the listed uploads that are the export's own key or its staging keys."""
+    aborted = 0
+    for upload in uploads:
+        if not is_upload_of(key, upload["Key"]):
+            continue
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchUpload":  # gone meanwhile: nothing left to abort
+                raise
+            continue
+        aborted += 1
+        log.warning(
+            "aborted upload %s of s3://%s/%s left by a job that died (started %s)",
+            upload["UploadId"],
+            bucket,
+            upload["Key"],
+            upload.get("Initiated"),
+        )
     return aborted
 
 
