@@ -109,7 +109,15 @@ def export_model(self: Task, spec: dict[str, Any]) -> dict[str, Any]:
     # holder's manifest for as long as the holder is alive.
     redis = redis_client(settings)
     target = export_keys(parsed, torch_version()).artifact
-    release = bulk.target_lock(redis, target, bulk.target_lock_ttl(settings), owner=task_id)
+    try:
+        release = bulk.target_lock(redis, target, bulk.target_lock_ttl(settings), owner=task_id)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        # Redis restarting: the lock is tried again with the job, like any transient error.
+        if self.request.retries < settings.task_max_retries:
+            delay = random.uniform(0, min(RETRY_CAP, RETRY_BASE * 2**self.request.retries))
+            metrics.count_retry("transient")
+            raise self.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries) from exc
+        raise
     outcome = "failed"
     try:
         with metrics.in_flight():

@@ -19,45 +19,20 @@ from serializer.manifest.store import read_manifest
 from serializer.s3.uri import parse_s3_uri
 from tests.conftest import object_keys, open_uploads
 from tests.fixtures import settings
+from tests.functional.store import export, get_json, put, spec_data
 from worker import bulk
 from worker.bulk import iter_candidates, plan
 from worker.cli.consumer import ls
 from worker.errors import SpecError
 from worker.export import run_export
 from worker.keys import export_keys
-from worker.spec import ExportSpec, parse_spec
+from worker.spec import parse_spec
 
 TORCH = torch.__version__
 #: A string that stands for a file's private text: it must never reach a reason or report.
 SECRET = "hunter2-private-text"
 
 pytestmark = pytest.mark.usefixtures("clean_env")
-
-
-def spec_data(bucket: str, name: str = "tiny", **fields: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "builder": "worker.examples:tiny_classifier",
-        "kwargs": {"in_features": 8, "hidden": 4, "classes": 2},
-        "example_inputs": [{"shape": [2, 8], "dtype": "float32"}],
-        "destination": f"s3://{bucket}/models",
-        **fields,
-    }
-
-
-def export(client: Any, bucket: str, name: str = "tiny", **fields: Any) -> tuple[ExportSpec, dict[str, Any]]:
-    spec = parse_spec(spec_data(bucket, name, **fields))
-    return spec, run_export(spec, settings=settings(), client=client)
-
-
-def get_json(client: Any, uri: str) -> Any:
-    target = parse_s3_uri(uri)
-    return json.loads(client.get_object(Bucket=target.bucket, Key=target.key)["Body"].read())
-
-
-def put(client: Any, uri: str, body: bytes | str) -> None:
-    target = parse_s3_uri(uri)
-    client.put_object(Bucket=target.bucket, Key=target.key, Body=body.encode() if isinstance(body, str) else body)
 
 
 def by_source(client: Any, prefix: str) -> dict[str, Any]:
