@@ -40,6 +40,11 @@ def read_manifest(client: S3Client, uri: str) -> Manifest:
         ManifestError: missing, unreadable, too large or invalid.
         ClientError: a transient store error (5xx, throttling), after botocore's retries.
     """
+    return read_manifest_raw(client, uri)[0]
+
+
+def read_manifest_raw(client: S3Client, uri: str) -> tuple[Manifest, bytes]:
+    """:func:`read_manifest`, with the bytes as stored (what a signature covers)."""
     if artifact_suffix(uri) is not None:
         uri = manifest_uri_for(uri)
     target = parse_s3_uri(uri)
@@ -57,6 +62,6 @@ def read_manifest(client: S3Client, uri: str) -> Manifest:
             raise  # a store that failed to answer: the caller may try again
         raise ManifestError(f"cannot read manifest {uri}: {code or exc}") from exc
     try:
-        return Manifest.from_json(body)
+        return Manifest.from_json(body), body
     except ManifestError as exc:
         raise ManifestError(f"{uri}: {exc}") from None
