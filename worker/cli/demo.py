@@ -14,15 +14,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from rich.json import JSON
-from rich.markup import escape
+from rich.text import Text
 
 from serializer.s3.client import make_s3_client
 
 from ..spec import parse_spec
 from .demo_services import ServiceMissing, celery_worker, moto_server, redis_server
 from .jobs import wait_with_progress
-from .output import CommandError, console, out
+from .output import CommandError, console, markup_quote, out, pretty_json, text
 
 __all__ = ["DEMO_SPEC", "WORKER_START_TIMEOUT", "demo"]
 
@@ -55,8 +54,8 @@ def check_demo_extra(env: dict[str, str]) -> None:
         CommandError: no S3 endpoint is configured and moto (the ``demo`` extra) is missing.
     """
     if _needs_moto(env) and importlib.util.find_spec("moto") is None:
-        # Escaped: the CLI prints errors as rich markup, which would take "[demo]" for a tag.
-        hint = escape(DEMO_EXTRA_HINT)
+        # Quoted: the CLI prints errors as rich markup, which would take "[demo]" for a tag.
+        hint = markup_quote(DEMO_EXTRA_HINT)
         raise CommandError(f"the demo's embedded S3 endpoint needs moto: {hint} (or set AWS_ENDPOINT_URL_S3)")
 
 
@@ -75,11 +74,11 @@ def _demo_services(tmp: str, bucket: str) -> Iterator[dict[str, str]]:
         if "CELERY_BROKER_URL" not in env:
             with console.status("starting a local redis-server"):
                 env["CELERY_BROKER_URL"] = stack.enter_context(redis_server())
-            console.print(f"redis: {env['CELERY_BROKER_URL']}")
+            console.print(Text.assemble("redis: ", text(env["CELERY_BROKER_URL"])))
         if _needs_moto(env):
             with console.status("starting an embedded S3 endpoint (moto)"):
                 env["AWS_ENDPOINT_URL_S3"] = stack.enter_context(moto_server())
-            console.print(f"S3 endpoint: {env['AWS_ENDPOINT_URL_S3']}")
+            console.print(Text.assemble("S3 endpoint: ", text(env["AWS_ENDPOINT_URL_S3"])))
         yield env
 
 
@@ -90,7 +89,7 @@ def demo(args: argparse.Namespace) -> int:
         try:
             env = stack.enter_context(_demo_services(tmp, args.bucket))
         except ServiceMissing as exc:
-            raise CommandError(str(exc)) from exc
+            raise CommandError(markup_quote(exc)) from exc
         # The app reads its settings when first imported: from the services above.
         os.environ.update(env)
         log_path = os.path.join(tmp, "worker.log")
@@ -106,7 +105,7 @@ def _wait_for_worker(proc: subprocess.Popen[bytes], log_path: str) -> None:
         deadline = time.monotonic() + WORKER_START_TIMEOUT
         while not app.control.ping(timeout=0.5):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise CommandError(f"the worker did not start; its log: {log_path}")
+                raise CommandError(f"the worker did not start; its log: {markup_quote(log_path)}")
     console.print("worker: ready")
 
 
@@ -122,9 +121,19 @@ def _run_demo(args: argparse.Namespace, proc: subprocess.Popen[bytes], log_path:
     if args.format != "torchscript":
         spec["format"] = args.format
     result = submit_export(spec)
-    console.print(f"submitted export_model {result.id}")
+    console.print(Text.assemble("submitted export_model ", text(result.id)))
     value = wait_with_progress(result, 300)
-    console.print(f"stored {value['artifact_uri']} ({value['size']} bytes, sha256 {value['sha256'][:16]}...)")
+    console.print(
+        Text.assemble(
+            "stored ",
+            text(value["artifact_uri"]),
+            " (",
+            text(value["size"]),
+            " bytes, sha256 ",
+            text(value["sha256"][:16]),
+            "...)",
+        )
+    )
     return _load_back(client, spec, value)
 
 
@@ -140,8 +149,8 @@ def _load_back(client: Any, spec: dict[str, Any], value: dict[str, Any]) -> int:
     from ..builders import example_inputs
 
     loaded, manifest, extras = open_artifact(client, value["artifact_uri"], extra_names=["labels.txt", "README.md"])
-    console.print(f"manifest {value['manifest_uri']}:")
-    out.print(JSON(manifest.to_json().decode(), sort_keys=True), soft_wrap=True)
+    console.print(Text.assemble("manifest ", text(value["manifest_uri"]), ":"))
+    out.print(pretty_json(manifest.to_json().decode()), soft_wrap=True)
     model = loaded.module() if manifest.artifact.format == "pt2" else loaded
     parsed = parse_spec(spec)
     (example,) = example_inputs(parsed.example_inputs or [], parsed.seed, torch.device("cpu"))

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.text import Text
 
 from serializer.s3.client import make_s3_client
 
@@ -20,7 +20,7 @@ from ..bulk import BulkRun, check_source, plan
 from ..errors import ExportError
 from ..scopes import check_read, check_write
 from ..settings import Settings
-from .output import CommandError, console, out
+from .output import CommandError, console, markup_quote, out, safe_text, text
 
 __all__ = ["POLL_INTERVAL", "reexport", "status", "submit", "wait_for_bulk_run", "wait_with_progress"]
 
@@ -33,9 +33,9 @@ def _load_spec_file(path: str) -> dict[str, Any]:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
         data = json.loads(text)
     except (OSError, ValueError) as exc:
-        raise CommandError(f"cannot read spec {path}: {exc}") from exc
+        raise CommandError(f"cannot read spec {markup_quote(path)}: {markup_quote(exc)}") from exc
     if not isinstance(data, dict):
-        raise CommandError(f"spec {path} is not a JSON object")
+        raise CommandError(f"spec {markup_quote(path)} is not a JSON object")
     return data
 
 
@@ -45,9 +45,9 @@ def submit(args: argparse.Namespace) -> int:
     from ..tasks import submit_export
 
     result = submit_export(_load_spec_file(args.spec))
-    console.print(f"submitted {result.id}")
+    console.print(Text.assemble("submitted ", text(result.id)))
     if not args.wait:
-        out.print(result.id)
+        out.print(text(result.id))
         return 0
     value = wait_with_progress(result, args.timeout)
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
@@ -61,14 +61,15 @@ def wait_with_progress(result: Any, timeout: float) -> dict[str, Any]:
         CommandError: the job failed (its message) or did not end within ``timeout``.
     """
     deadline = time.monotonic() + timeout
-    columns = (TextColumn("{task.description:<11}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    # markup=False: the stage comes from the job's result backend, text from outside.
+    columns = (TextColumn("{task.description:<11}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as bar:
         task = bar.add_task("queued", total=None)
         while True:
             state, info = result.state, result.info
             if state == "PROGRESS" and isinstance(info, dict):
                 total = info.get("total")
-                bar.update(task, description=str(info.get("stage", "running")), completed=info.get("bytes", 0))
+                bar.update(task, description=safe_text(info.get("stage", "running")), completed=info.get("bytes", 0))
                 if total:
                     bar.update(task, total=total)
             elif state == "STARTED":
@@ -78,11 +79,13 @@ def wait_with_progress(result: Any, timeout: float) -> dict[str, Any]:
                 bar.update(task, description="done", total=value.get("size") or 1, completed=value.get("size") or 1)
                 return value
             elif state in ("FAILURE", "REVOKED"):
-                raise CommandError(f"export failed: {type(info).__name__}: {info}")
+                raise CommandError(f"export failed: {markup_quote(type(info).__name__)}: {markup_quote(info)}")
             elif state == "RETRY":
                 bar.update(task, description="retrying")
             if time.monotonic() > deadline:
-                raise CommandError(f"job {result.id} did not finish within {timeout:.0f} s (still {state})")
+                raise CommandError(
+                    f"job {markup_quote(result.id)} did not finish within {timeout:.0f} s (still {state})"
+                )
             time.sleep(POLL_INTERVAL)
 
 
@@ -123,9 +126,9 @@ def reexport(args: argparse.Namespace) -> int:
         options["to_format"] = args.to_format
     result = reexport_task.apply_async(args=[source], kwargs=options)
     to = f", to {args.to_format}" if args.to_format else ""
-    console.print(f"bulk run {result.id} of {source} ({args.policy}{to})")
+    console.print(Text.assemble("bulk run ", text(result.id), " of ", text(source), f" ({args.policy}{to})"))
     if not args.wait:
-        out.print(result.id)
+        out.print(text(result.id))
         return 0
     report = wait_for_bulk_run(result, args.timeout)
     sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
@@ -149,8 +152,16 @@ def _reexport_dry_run(source: str, policy: Any, *, as_json: bool, to_format: Any
         if as_json:
             sys.stdout.write(json.dumps(decision.to_json(), sort_keys=True) + "\n")
         else:
-            name, reason, where = (escape(v) for v in (decision.name, decision.reason, decision.source))
-            out.print(f"{decision.action:<9} {name}  [dim]{reason}[/dim]  {where}")
+            line = Text.assemble(
+                text(f"{decision.action:<9}"),
+                " ",
+                text(decision.name),
+                "  ",
+                text(decision.reason, style="dim"),
+                "  ",
+                text(decision.source),
+            )
+            out.print(line)
     runs = counts.get("export", 0) + counts.get("replace", 0)
     summary = ", ".join(f"{n} {action}" for action, n in sorted(counts.items())) or "nothing selected"
     console.print(f"dry run: {runs} would run ({summary}); nothing was enqueued")
@@ -184,10 +195,10 @@ def wait_for_bulk_run(result: Any, timeout: float) -> dict[str, Any]:
     settings = Settings()
     deadline = time.monotonic() + timeout
     columns = (
-        TextColumn("{task.description:<9}"),
+        TextColumn("{task.description:<9}", markup=False),
         BarColumn(),
-        TextColumn("{task.fields[done]}/{task.fields[selected]} done, {task.fields[failed]} failed"),
-        TextColumn("{task.fields[remaining]} remaining"),
+        TextColumn("{task.fields[done]}/{task.fields[selected]} done, {task.fields[failed]} failed", markup=False),
+        TextColumn("{task.fields[remaining]} remaining", markup=False),
     )
     run: BulkRun | None = None
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as bar:
@@ -202,12 +213,14 @@ def wait_for_bulk_run(result: Any, timeout: float) -> dict[str, Any]:
                 return value
             if state in ("FAILURE", "REVOKED"):
                 info = result.info
-                raise CommandError(f"bulk run failed: {type(info).__name__}: {info}")
+                raise CommandError(f"bulk run failed: {markup_quote(type(info).__name__)}: {markup_quote(info)}")
             if run is None:
                 with contextlib.suppress(ExportError):
                     run = BulkRun.load(redis_client(settings), result.id, settings)
             if run is not None:
                 _bulk_progress(bar, task, run)
             if time.monotonic() > deadline:
-                raise CommandError(f"bulk run {result.id} did not finish within {timeout:.0f} s (still {state})")
+                raise CommandError(
+                    f"bulk run {markup_quote(result.id)} did not finish within {timeout:.0f} s (still {state})"
+                )
             time.sleep(POLL_INTERVAL)

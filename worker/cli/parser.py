@@ -7,6 +7,7 @@ import argparse
 from serializer.formats import FORMATS
 
 from ..settings import DEMO_BUCKET, POLICIES
+from .consumer import LS_WORKERS
 
 __all__ = ["build_parser"]
 
@@ -38,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list the exports under a prefix")
     ls.add_argument("prefix", help="s3://bucket/prefix")
     ls.add_argument("--json", action="store_true", help="one JSON object per export, for scripts")
+    ls.add_argument(
+        "--workers",
+        type=int,
+        default=LS_WORKERS,
+        metavar="N",
+        help=f"manifests read at once (default {LS_WORKERS}; 1: one by one)",
+    )
 
     verify = sub.add_parser("verify", help="check an artifact: manifest, compatibility, checksum, load, self-check")
     verify.add_argument("uri", help="s3:// URI of the artifact (.pt or .pt2) or its manifest")
