@@ -62,15 +62,36 @@ def check_extras(index: ZipIndex, extras: Mapping[str, bytes]) -> None:
         rec = by_name.get(f"{root}/extra/{name}")
         if rec is None:
             raise ArchiveError(f"extra file {name!r} missing from the saved archive")
-        if rec.size != len(content) or rec.crc32 != zlib.crc32(content) or rec.method != 0:
+        if (
+            rec.size != len(content)
+            or rec.compressed_size != rec.size
+            or rec.crc32 != zlib.crc32(content)
+            or rec.method != 0
+        ):
             raise ArchiveError(f"extra file {name!r} was stored altered (size, CRC or compression)")
+
+
+def read_stored_small(index: ZipIndex, name: str) -> bytes | None:
+    """A small record's bytes from the index's tail (None if absent or not in the tail).
+
+    Raises:
+        ArchiveError: the record is compressed (export-worker stores every record as is;
+            a compressed one is refused, never inflated).
+    """
+    rec = index.by_name.get(name)
+    if rec is not None and (rec.method != 0 or rec.compressed_size != rec.size):
+        raise ArchiveError(
+            f"record {name!r} is compressed (method {rec.method}, {rec.compressed_size} bytes stored for "
+            f"{rec.size}); archives are stored uncompressed, so it is refused rather than inflated"
+        )
+    return index.read_small(name)
 
 
 def format_version(index: ZipIndex) -> int:
     """The archive's file-format version (``.data/version``, else ``version``)."""
     root = archive_root(index)
     for name in (f"{root}/.data/version", f"{root}/version"):
-        raw = index.read_small(name)
+        raw = read_stored_small(index, name)
         if raw is not None:
             try:
                 return int(raw.decode("ascii").strip())
@@ -83,10 +104,10 @@ def read_int_record(index: ZipIndex, name: str) -> int:
     """A small record holding one integer (``{root}/{name}``), from the index's tail.
 
     Raises:
-        ArchiveError: the record is missing or not an integer.
+        ArchiveError: the record is missing, compressed or not an integer.
     """
     path = f"{archive_root(index)}/{name}"
-    raw = index.read_small(path)
+    raw = read_stored_small(index, path)
     if raw is None:
         raise ArchiveError(f"archive has no {name} record")
     try:

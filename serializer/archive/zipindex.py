@@ -78,7 +78,8 @@ class ZipIndex:
         return {r.name: r for r in self.records}
 
     def read_small(self, name: str) -> bytes | None:
-        """The bytes of small stored record ``name`` if the tail held it, else None."""
+        """The bytes of small stored record ``name`` if the tail held it, else None (also
+        for a compressed record: :func:`~serializer.archive.info.format_version` refuses those)."""
         return self.small.get(name)
 
 
@@ -169,7 +170,10 @@ class ZipStreamIndexer:
         small = {
             r.name: tail[r.data_offset - tail_start : r.data_offset - tail_start + r.size]
             for r in records
-            if r.method == 0 and r.size <= SMALL_RECORD and r.data_offset >= tail_start
+            if r.method == 0
+            and r.compressed_size == r.size <= SMALL_RECORD
+            and tail_start <= r.data_offset
+            and r.data_offset + r.size <= self._offset
         }
         return ZipIndex(tuple(records), small, self._offset)
 
@@ -189,36 +193,104 @@ class CentralEntry:
 def parse_central_directory(tail: bytes, total: int) -> list[CentralEntry]:
     """The central directory of a zip of ``total`` bytes, from its last ``len(tail)`` bytes.
 
+    Every offset and size is checked against the archive before it is used: the directory
+    must lie before its end record, hold its record count, and each entry must lie inside
+    it and point at a record before it.  What is read is bounded by ``len(tail)``.
+
     Raises:
         CentralDirectoryTooLarge: the directory starts before ``tail``; ``needed`` says how
-            many bytes from the end hold it.
-        ArchiveError: not a zip.
+            many bytes from the end hold it (at most ``total``).
+        ArchiveError: not a zip, or a directory whose offsets or sizes lie outside it.
     """
     tail_start = total - len(tail)
+    if tail_start < 0:
+        raise ArchiveError(f"a tail of {len(tail)} bytes is longer than the {total}-byte archive")
+    try:
+        return _parse_central_directory(tail, total, tail_start)
+    except struct.error as exc:  # a field cut short: the checks below should make this rare
+        raise ArchiveError(f"corrupt central directory: {exc}") from None
+
+
+def _parse_central_directory(tail: bytes, total: int, tail_start: int) -> list[CentralEntry]:
     eocd = tail.rfind(_EOCD_SIG, max(0, len(tail) - _EOCD_LEN - 65535))
     if eocd < 0 or eocd + _EOCD_LEN > len(tail):
         raise ArchiveError("not a zip archive: no end-of-central-directory record")
     count, cd_size, cd_offset = struct.unpack_from("<HII", tail, eocd + 10)
+    cd_limit = tail_start + eocd  # the directory ends before the record that points at it
     if 0xFFFFFFFF in (cd_size, cd_offset) or count == 0xFFFF:
-        count, cd_size, cd_offset = _zip64_eocd(tail, eocd, tail_start)
+        count, cd_size, cd_offset, cd_limit = _zip64_eocd(tail, eocd, tail_start)
+    if cd_offset + cd_size > cd_limit:
+        raise ArchiveError(
+            f"central directory at offset {cd_offset} of {cd_size} bytes runs past its end record "
+            f"at {cd_limit} (the archive has {total} bytes)"
+        )
+    if count * _CENTRAL_LEN > cd_size:
+        raise ArchiveError(f"central directory of {cd_size} bytes cannot hold the {count} records it claims")
     if cd_offset < tail_start:
         raise CentralDirectoryTooLarge(
             f"central directory of {cd_size} bytes is larger than the {len(tail)}-byte tail kept; raise tail_limit",
             needed=total - cd_offset,
         )
     pos = cd_offset - tail_start
+    cd_end = pos + cd_size
     entries = []
     for _ in range(count):
-        if tail[pos : pos + 4] != _CENTRAL_SIG:
+        if pos + _CENTRAL_LEN > cd_end or tail[pos : pos + 4] != _CENTRAL_SIG:
             raise ArchiveError(f"corrupt central directory at offset {pos + tail_start}")
         (method, crc, csize, usize, nlen, elen, clen) = struct.unpack_from("<10xH4xIIIHHH", tail, pos)
         (header_offset,) = struct.unpack_from("<I", tail, pos + 42)
+        end = pos + _CENTRAL_LEN + nlen + elen + clen
+        if end > cd_end:
+            raise ArchiveError(f"central directory entry at offset {pos + tail_start} runs past the directory")
         name_bytes = tail[pos + _CENTRAL_LEN : pos + _CENTRAL_LEN + nlen]
         extra = tail[pos + _CENTRAL_LEN + nlen : pos + _CENTRAL_LEN + nlen + elen]
         usize, csize, header_offset = _apply_zip64(extra, usize, csize, header_offset)
-        entries.append(CentralEntry(name_bytes.decode("utf-8"), header_offset, csize, usize, crc, method))
-        pos += _CENTRAL_LEN + nlen + elen + clen
+        try:
+            name = name_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ArchiveError(f"record name {name_bytes[:64]!r} is not UTF-8") from None
+        if header_offset + _LOCAL_LEN + nlen + csize > cd_offset:
+            raise ArchiveError(
+                f"record {name!r} at offset {header_offset} of {csize} bytes runs past the start of "
+                f"the central directory at {cd_offset}"
+            )
+        entries.append(CentralEntry(name, header_offset, csize, usize, crc, method))
+        pos = end
     return entries
+
+
+@dataclass(frozen=True)
+class LocalHeader:
+    """A record's local file header: its name, method, sizes (zero when a data descriptor
+    follows the data, ``flags`` bit 3) and where its data starts."""
+
+    name: bytes
+    method: int
+    flags: int
+    compressed_size: int
+    size: int
+    data_offset: int
+
+    @property
+    def sizes_follow(self) -> bool:
+        """Whether the sizes are in a data descriptor after the data, not in this header."""
+        return bool(self.flags & 0x08)
+
+
+def parse_local_header(header: bytes, header_offset: int) -> LocalHeader:
+    """The local file header at the start of ``header`` (read from ``header_offset``); its
+    name must be within ``header``.
+
+    Raises:
+        ArchiveError: ``header`` does not start with a whole local file header.
+    """
+    if len(header) < _LOCAL_LEN or header[:4] != _LOCAL_SIG:
+        raise ArchiveError(f"no local file header at offset {header_offset}")
+    flags, method, csize, usize, name_len, extra_len = struct.unpack_from("<6xHH8xIIHH", header)
+    if len(header) < _LOCAL_LEN + name_len:
+        raise ArchiveError(f"local file header at offset {header_offset} is cut short")
+    name = header[_LOCAL_LEN : _LOCAL_LEN + name_len]
+    return LocalHeader(name, method, flags, csize, usize, header_offset + _LOCAL_LEN + name_len + extra_len)
 
 
 def local_data_offset(header: bytes, header_offset: int) -> int:
@@ -233,16 +305,22 @@ def local_data_offset(header: bytes, header_offset: int) -> int:
     return int(header_offset + _LOCAL_LEN + name_len + extra_len)
 
 
-def _zip64_eocd(tail: bytes, eocd: int, tail_start: int) -> tuple[int, int, int]:
-    loc = eocd - 20
+_ZIP64_EOCD_LEN = 56
+_ZIP64_LOCATOR_LEN = 20
+
+
+def _zip64_eocd(tail: bytes, eocd: int, tail_start: int) -> tuple[int, int, int, int]:
+    """Count, size and offset of the central directory from the zip64 end record, and
+    where that record starts (the directory ends before it)."""
+    loc = eocd - _ZIP64_LOCATOR_LEN
     if loc < 0 or tail[loc : loc + 4] != _ZIP64_LOCATOR_SIG:
         raise ArchiveError("zip64 archive without a zip64 end-of-central-directory locator")
     (record_offset,) = struct.unpack_from("<Q", tail, loc + 8)
     rec = record_offset - tail_start
-    if rec < 0 or tail[rec : rec + 4] != _ZIP64_EOCD_SIG:
+    if rec < 0 or rec + _ZIP64_EOCD_LEN > loc or tail[rec : rec + 4] != _ZIP64_EOCD_SIG:
         raise ArchiveError("zip64 end-of-central-directory record not found")
     count, cd_size, cd_offset = struct.unpack_from("<QQQ", tail, rec + 32)
-    return count, cd_size, cd_offset
+    return count, cd_size, cd_offset, record_offset
 
 
 def _apply_zip64(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
@@ -250,14 +328,19 @@ def _apply_zip64(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int
     pos = 0
     while pos + 4 <= len(extra):
         tag, size = struct.unpack_from("<HH", extra, pos)
+        if pos + 4 + size > len(extra):
+            raise ArchiveError("corrupt central directory: an extra field runs past its entry")
         if tag == 1:
             vals = iter(struct.unpack_from(f"<{size // 8}Q", extra, pos + 4))
-            if usize == 0xFFFFFFFF:
-                usize = next(vals)
-            if csize == 0xFFFFFFFF:
-                csize = next(vals)
-            if offset == 0xFFFFFFFF:
-                offset = next(vals)
+            try:
+                if usize == 0xFFFFFFFF:
+                    usize = next(vals)
+                if csize == 0xFFFFFFFF:
+                    csize = next(vals)
+                if offset == 0xFFFFFFFF:
+                    offset = next(vals)
+            except StopIteration:
+                raise ArchiveError("corrupt central directory: a zip64 extra field lacks a value") from None
             break
         pos += 4 + size
     return usize, csize, offset

@@ -1,13 +1,24 @@
-"""Reading an object back by parallel ranged GETs, in order, with bounded memory, checked
-against its size and sha256 as it arrives."""
+"""Reading an object back by ranged GETs: one bounded range (:func:`read_range`,
+:func:`read_tail`), or the whole object by parallel ranges, in order, with bounded memory,
+checked against its size and sha256 as it arrives.
+
+Every range is checked before it is requested (its length against a cap, its end against
+the object's size where known) and its reply before the body is read (the ``Content-Range``
+against what was asked); bodies are read with a bounded ``read(n)``.  The GETs after the
+first one of an object carry ``IfMatch`` with the ETag first seen, so an object replaced in
+between is refused (412) instead of mixing two objects' bytes.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -21,6 +32,173 @@ RANGE_SIZE = 8 * 1024**2
 #: Ranged GETs in flight; memory is at most ``RANGE_SIZE * (RANGE_IN_FLIGHT + 1)``.
 RANGE_IN_FLIGHT = 4
 
+_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+@dataclass(frozen=True)
+class RangeReply:
+    """The bytes of one range, where they start, the object's size and its ETag."""
+
+    data: bytes
+    start: int
+    total: int
+    etag: str
+
+
+def parse_content_range(value: str) -> tuple[int, int, int] | None:
+    """``(first, last, total)`` of a ``Content-Range: bytes first-last/total``, else None."""
+    match = _CONTENT_RANGE_RE.match(value.strip())
+    if match is None:
+        return None
+    first, last, total = (int(g) for g in match.groups())
+    return first, last, total
+
+
+def same_etag(a: str, b: str) -> bool:
+    """Whether two ETags name the same object (quotes and a weak ``W/`` aside)."""
+
+    def bare(tag: str) -> str:
+        return tag.removeprefix("W/").strip('"')
+
+    return bare(a) == bare(b)
+
+
+def read_range(
+    client: S3Client,
+    uri: str,
+    start: int,
+    length: int,
+    *,
+    max_bytes: int,
+    what: str = "range",
+    etag: str | None = None,
+    total: int | None = None,
+    cap_name: str = "read limit",
+) -> RangeReply:
+    """Bytes ``[start, start + length)`` of the object at ``uri``, by one GET.
+
+    ``etag`` (the one seen first) is sent as ``IfMatch``; ``total`` (the object's size,
+    where known) is checked before the request and against the reply; ``cap_name`` names
+    the setting of ``max_bytes`` in the error.
+
+    Raises:
+        ArchiveError: the range is over ``max_bytes`` or outside the object (nothing read),
+            the object is shorter, or it was replaced since ``etag`` was seen; ``what``
+            names what was being read.
+    """
+    if start < 0 or length < 0:
+        raise ArchiveError(f"{uri}: {what} at offset {start} of {length} bytes is not a valid range")
+    if length > max_bytes:
+        raise ArchiveError(f"{uri}: {what} of {length} bytes is more than the {max_bytes}-byte {cap_name}")
+    if total is not None and start + length > total:
+        raise ArchiveError(f"{uri}: {what} at bytes {start}..{start + length} lies outside the object ({total} bytes)")
+    if length == 0:
+        return RangeReply(b"", start, -1 if total is None else total, etag or "")
+    reply = _get(client, uri, f"bytes={start}-{start + length - 1}", etag, what)
+    first, last, size = _reply_range(reply)
+    _check_same(uri, reply, etag, total, size)
+    if first != start or last != start + length - 1:
+        raise ArchiveError(
+            f"{uri}: {what} at bytes {start}..{start + length} lies outside the object ({size} bytes); "
+            "the object is shorter than expected"
+        )
+    return RangeReply(_read_body(uri, reply, length), start, size, str(reply.get("ETag", "")))
+
+
+def read_tail(
+    client: S3Client,
+    uri: str,
+    length: int,
+    *,
+    max_bytes: int,
+    what: str = "tail",
+    etag: str | None = None,
+    cap_name: str = "read limit",
+) -> RangeReply:
+    """The last ``length`` bytes of the object at ``uri`` (all of it if shorter), by one GET.
+
+    Raises:
+        ArchiveError: ``length`` is over ``max_bytes`` (nothing read), the reply is not the
+            object's end, or the object was replaced since ``etag`` was seen.
+    """
+    if length < 1:
+        raise ArchiveError(f"{uri}: {what} of {length} bytes is not a valid range")
+    if length > max_bytes:
+        raise ArchiveError(f"{uri}: {what} of {length} bytes is more than the {max_bytes}-byte {cap_name}")
+    reply = _get(client, uri, f"bytes=-{length}", etag, what)
+    first, last, size = _reply_range(reply)
+    _check_same(uri, reply, etag, None, size)
+    n = min(length, size)
+    if size and (last != size - 1 or first != size - n):
+        raise ArchiveError(f"{uri}: asked for the last {n} bytes, got bytes {first}..{last + 1} of {size}")
+    return RangeReply(_read_body(uri, reply, n), size - n, size, str(reply.get("ETag", "")))
+
+
+def _get(client: S3Client, uri: str, spec: str, etag: str | None, what: str) -> Any:
+    target = parse_s3_uri(uri)
+    kwargs: dict[str, Any] = {"Bucket": target.bucket, "Key": target.key, "Range": spec}
+    if etag:
+        kwargs["IfMatch"] = etag
+    try:
+        return client.get_object(**kwargs)
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in ("PreconditionFailed", "412"):
+            raise ArchiveError(
+                f"{uri} was replaced while being read (its ETag is no longer {etag}); read it again"
+            ) from exc
+        if code == "InvalidRange":
+            actual = exc.response.get("Error", {}).get("ActualObjectSize", "?")
+            raise ArchiveError(
+                f"{uri}: {what} ({spec}) lies outside the object ({actual} bytes); the object is shorter than expected"
+            ) from exc
+        raise
+
+
+def _reply_range(reply: Any) -> tuple[int, int, int]:
+    """``(first, last, total)`` of a reply; a reply without ``Content-Range`` is the whole
+    object (an empty object has no range to give)."""
+    parsed = parse_content_range(str(reply.get("ContentRange") or ""))
+    if parsed is not None:
+        return parsed
+    size = int(reply.get("ContentLength", 0))
+    return 0, size - 1, size
+
+
+def _check_same(uri: str, reply: Any, etag: str | None, total: int | None, size: int) -> None:
+    got = str(reply.get("ETag", ""))
+    # A store that ignores IfMatch still names the object it answered with.
+    if etag and got and not same_etag(got, etag):
+        _close(reply)
+        raise ArchiveError(f"{uri} was replaced while being read (ETag {got}, first {etag}); read it again")
+    if total is not None and size != total:
+        _close(reply)
+        longer = "shorter" if size < total else "longer"
+        raise ArchiveError(f"{uri}: {size} bytes stored, {longer} than the {total} bytes expected")
+
+
+def _read_body(uri: str, reply: Any, n: int) -> bytes:
+    """Exactly ``n`` bytes of a reply's body, read with a bound, or ArchiveError."""
+    declared = reply.get("ContentLength")
+    if declared is not None and int(declared) != n:
+        _close(reply)
+        raise ArchiveError(f"{uri}: the store answered {declared} bytes where {n} were asked")
+    body = reply["Body"]
+    try:
+        data = bytes(body.read(n)) if n else b""
+        extra = body.read(1) if n else b""
+    finally:
+        body.close()
+    if len(data) != n or extra:
+        raise ArchiveError(f"{uri}: the store sent {len(data) + len(extra)}+ bytes where {n} were asked")
+    return data
+
+
+def _close(reply: Any) -> None:
+    body = reply.get("Body")
+    if body is not None:
+        body.close()
+
 
 def iter_object(
     client: S3Client,
@@ -29,31 +207,41 @@ def iter_object(
     *,
     range_size: int = RANGE_SIZE,
     max_in_flight: int = RANGE_IN_FLIGHT,
+    etag: str | None = None,
 ) -> Iterator[bytes]:
     """The bytes of an object of ``size`` bytes, in order, fetched by parallel ranged GETs.
 
-    At most ``max_in_flight`` ranges are fetched ahead of the consumer.
-    """
-    target = parse_s3_uri(uri)
+    At most ``max_in_flight`` ranges are fetched ahead of the consumer.  Every GET carries
+    ``IfMatch=etag``; without ``etag``, the first range is fetched alone and its ETag is
+    sent with the rest.
 
-    def fetch(start: int) -> bytes:
-        end = min(size, start + range_size) - 1
-        resp = client.get_object(Bucket=target.bucket, Key=target.key, Range=f"bytes={start}-{end}")
-        return bytes(resp["Body"].read())
+    Raises:
+        ArchiveError: the object is not ``size`` bytes, or was replaced while being read.
+    """
+
+    def fetch(start: int, tag: str | None) -> RangeReply:
+        length = min(size, start + range_size) - start
+        return read_range(client, uri, start, length, max_bytes=range_size, etag=tag, total=size)
 
     if size == 0:
         return
+    begin = 0
+    if etag is None:
+        first = fetch(0, None)
+        etag = first.etag or None
+        begin = range_size
+        yield first.data
     with ThreadPoolExecutor(max_in_flight, thread_name_prefix="s3-range") as pool:
-        starts = iter(range(0, size, range_size))
+        starts = iter(range(begin, size, range_size))
         # islice, not zip(starts, range(n)): zip would draw one start too many and drop it.
-        window: deque[Future[bytes]] = deque(pool.submit(fetch, s) for s in islice(starts, max_in_flight))
+        window: deque[Future[RangeReply]] = deque(pool.submit(fetch, s, etag) for s in islice(starts, max_in_flight))
         try:
             while window:
                 chunk = window.popleft().result()
                 nxt = next(starts, None)
                 if nxt is not None:
-                    window.append(pool.submit(fetch, nxt))
-                yield chunk
+                    window.append(pool.submit(fetch, nxt, etag))
+                yield chunk.data
         finally:
             for future in window:
                 future.cancel()
@@ -67,27 +255,24 @@ def read_checked(
     sha256: str | None,
     sink: Callable[[bytes], object],
     progress: Callable[[int], None] | None = None,
+    etag: str | None = None,
 ) -> None:
     """Stream the object at ``uri`` into ``sink``, checking size and sha256 (when given) as
-    it arrives.
+    it arrives; every range is read from one version of the object (``etag``, or the
+    first range's).
 
     Raises:
-        ArchiveError: the stored bytes differ from the manifest's (size or sha256).
+        ArchiveError: the stored bytes differ from the manifest's (size or sha256), or the
+            object was replaced while being read.
     """
     digest = hashlib.sha256()
     got = 0
-    try:
-        for chunk in iter_object(client, uri, size):
-            digest.update(chunk)
-            got += len(chunk)
-            sink(chunk)
-            if progress is not None:
-                progress(len(chunk))
-    except ClientError as exc:
-        if error_code(exc) != "InvalidRange":
-            raise
-        # A range past the stored end: the object is shorter than the manifest says.
-        raise ArchiveError(f"{uri}: shorter than the {size} bytes the manifest says ({error_code(exc)})") from exc
+    for chunk in iter_object(client, uri, size, etag=etag):
+        digest.update(chunk)
+        got += len(chunk)
+        sink(chunk)
+        if progress is not None:
+            progress(len(chunk))
     if got != size:
         raise ArchiveError(f"{uri}: read {got} bytes, the manifest says {size}")
     if sha256 is not None and digest.hexdigest() != sha256:
@@ -100,14 +285,17 @@ def download_checked(
     client: S3Client, uri: str, path: str, *, sha256: str | None = None, size: int | None = None
 ) -> None:
     """Stream the object at ``uri`` to ``path`` by parallel ranged GETs (bounded memory),
-    checking its size and sha256 as it arrives.
+    checking its size and sha256 as it arrives; every GET carries ``IfMatch`` with the
+    ETag of the HEAD.
 
     Raises:
-        ArchiveError: the bytes differ from what was expected.
+        ArchiveError: the bytes differ from what was expected, or the object was replaced
+            while being read.
     """
     target = parse_s3_uri(uri)
-    stored = int(client.head_object(Bucket=target.bucket, Key=target.key)["ContentLength"])
+    head = client.head_object(Bucket=target.bucket, Key=target.key)
+    stored = int(head["ContentLength"])
     if size is not None and stored != size:
         raise ArchiveError(f"{uri}: {stored} bytes stored, {size} expected")
     with open(path, "wb") as out:
-        read_checked(client, uri, size=stored, sha256=sha256, sink=out.write)
+        read_checked(client, uri, size=stored, sha256=sha256, sink=out.write, etag=str(head.get("ETag") or "") or None)
