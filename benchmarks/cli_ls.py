@@ -59,9 +59,8 @@ def _manifest(bucket: str, prefix: str, i: int) -> tuple[str, bytes]:
 
 def _add_latency(seconds: float) -> None:
     """Each client ``ls`` makes from now on waits ``seconds`` before sending a GetObject."""
+    from serializer.s3.client import make_s3_client as make_client
     from worker.cli import consumer
-
-    make_client = consumer.make_s3_client
 
     def wait(**_: Any) -> None:
         time.sleep(seconds)
@@ -71,7 +70,7 @@ def _add_latency(seconds: float) -> None:
         client.meta.events.register("before-send.s3.GetObject", wait)
         return client
 
-    consumer.make_s3_client = slow_client  # type: ignore[assignment]
+    consumer.make_s3_client = slow_client  # type: ignore[attr-defined]  # the name ls calls
 
 
 def _ls_seconds(prefix: str, workers: int, exports: int) -> float:
