@@ -8,6 +8,7 @@ it).  Sub-packages, each importing only those below it::
 
     consumer/     compatibility, extra files by range, open, verify
     torchscript/  pt2/   the two formats, matching export_* and load_*; never each other
+    signing/      signed exports: keys, the OpenSSF model-signing bundle, its S3 check
     manifest/     the manifest model, and its S3 store
     archive/      zip index, archive info, extra-file rules, spool and fifo uploads
     s3/           URIs, client, retry, parts, the multipart writer, ranged reads
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
         ManifestError,
         ObjectExists,
         SerializerError,
+        SignatureError,
         UploadFailed,
     )
     from .formats import FORMATS, Format
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from .s3.multipart import MultipartWriter, UploadResult
     from .s3.options import UploadOptions
     from .s3.uri import S3URI, parse_s3_uri
+    from .signing.keys import SigningKey, TrustedKeys
     from .torchscript.export import export_torchscript
     from .torchscript.load import load_artifact
 
@@ -56,6 +59,7 @@ _SOURCES = {
     "ManifestError": ".errors",
     "ObjectExists": ".errors",
     "SerializerError": ".errors",
+    "SignatureError": ".errors",
     "UploadFailed": ".errors",
     "FORMATS": ".formats",
     "Format": ".formats",
@@ -68,6 +72,8 @@ _SOURCES = {
     "UploadResult": ".s3.multipart",
     "UploadOptions": ".s3.options",
     "ArchiveInfo": ".archive.info",
+    "SigningKey": ".signing.keys",
+    "TrustedKeys": ".signing.keys",
     "Manifest": ".manifest.model",
     "build_manifest": ".manifest.model",
     "manifest_uri_for": ".manifest.model",
@@ -104,6 +110,9 @@ __all__ = [
     "ObjectExists",
     "S3Client",
     "SerializerError",
+    "SignatureError",
+    "SigningKey",
+    "TrustedKeys",
     "UploadFailed",
     "UploadOptions",
     "UploadResult",

@@ -36,3 +36,14 @@ class ManifestError(SerializerError, ValueError):
     def __init__(self, message: str, *, summary: str | None = None) -> None:
         super().__init__(message)
         self.summary = summary or message
+
+
+class SignatureError(ArchiveError):
+    """Raised when an export's signature does not let a consumer trust it; ``kind`` says
+    which: ``unsigned`` (no signature), ``altered`` (the signed bytes changed), ``foreign``
+    (signed by a key that is not trusted) or ``invalid`` (not a signature of this format)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail

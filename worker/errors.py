@@ -56,3 +56,8 @@ class ScopeError(SpecError):
 class SweepRefused(ExportError, ValueError):
     """Raised when a sweep is asked for prefixes outside ``EXPORT_SWEEP_PREFIXES`` or an age
     under ``EXPORT_SWEEP_AFTER``: a message may narrow the sweep, never widen it; nothing is swept."""
+
+
+class SigningKeyError(ExportError, ValueError):
+    """Raised when the configured signing key or trusted keys cannot be used; the message
+    names the setting or file and the cause, never the key."""

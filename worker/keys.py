@@ -4,6 +4,7 @@ An export of a spec by a given torch is written to::
 
     {destination}/{name}/{spec_hash[:16]}/torch-{version}/model.pt    (model.pt2 for format pt2)
     {destination}/{name}/{spec_hash[:16]}/torch-{version}/model.manifest.json
+    {destination}/{name}/{spec_hash[:16]}/torch-{version}/model.sig    (where exports are signed)
 
 and a replacement's new archive is staged next to it, at ``model.pt.staging-{12 hex}``
 (``model.pt2.staging-...``) until it is verified and copied over.  The export writes these
@@ -26,6 +27,7 @@ from serializer.errors import SerializerError
 from serializer.formats import ARTIFACT_SUFFIXES
 from serializer.manifest.model import MANIFEST_SUFFIX, Manifest, artifact_suffix, manifest_uri_for, spec_digest
 from serializer.s3.uri import parse_s3_uri
+from serializer.signing.store import signature_uri_for
 
 from .spec import ExportSpec
 from .spec.model import NAME_PATTERN
@@ -61,6 +63,11 @@ class Keys:
 
     artifact: str
     manifest: str
+
+    @property
+    def signature(self) -> str:
+        """``.../model.sig``: the export's signature, next to its archive and manifest."""
+        return signature_uri_for(self.artifact)
 
 
 def export_keys(spec: ExportSpec, torch_version: str) -> Keys:

@@ -12,6 +12,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     field_validator,
     model_validator,
 )
@@ -174,6 +175,20 @@ class Settings(BaseSettings):
         description="folder of PEM certificates whose signatures are trusted; with signing on, "
         "only messages signed by one of them are accepted",
     )
+    signing_key: str | None = Field(
+        default=None,
+        description="path of the PEM elliptic-curve private key (P-256, P-384 or P-521) every export is signed "
+        "with; unset (and no EXPORT_SIGNING_KEY_PEM): exports are unsigned, and their manifests say so",
+    )
+    signing_key_pem: SecretStr | None = Field(
+        default=None, description="the signing key itself, PEM (from a secret), instead of EXPORT_SIGNING_KEY"
+    )
+    signing_key_password: SecretStr | None = Field(default=None, description="password of an encrypted signing key")
+    trusted_keys: CommaList = Field(
+        default=(),
+        description="comma-separated paths of PEM public keys whose signatures are trusted; set: bulk runs, "
+        "exportctl verify, show, extra and ls use only exports signed by one of them",
+    )
     allowed_builders: CommaList = Field(
         default=DEFAULT_ALLOWED_BUILDERS,
         description=(
@@ -306,6 +321,12 @@ class Settings(BaseSettings):
                 "message signing needs all of EXPORT_MESSAGE_SIGNING_KEY, EXPORT_MESSAGE_SIGNING_CERT and "
                 "EXPORT_MESSAGE_SIGNING_CERT_STORE, or none of them"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_signing_key(self) -> Settings:
+        if self.signing_key is not None and self.signing_key_pem is not None:
+            raise ValueError("give the signing key as EXPORT_SIGNING_KEY (a path) or EXPORT_SIGNING_KEY_PEM, not both")
         return self
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:

@@ -8,21 +8,26 @@ from typing import Any
 
 import torch
 
-from ..errors import ArchiveError, ManifestError
-from ..manifest.model import Manifest, artifact_suffix
-from ..manifest.store import read_manifest
+from ..errors import ArchiveError
+from ..manifest.model import Manifest
 from ..pt2.load import load_pt2_artifact
 from ..s3.client import S3Client
+from ..signing.keys import TrustedKeys
+from ..signing.store import read_trusted_manifest, resolve_trusted
 from ..torchscript.load import load_artifact
 from .compat import check_compatibility, local_reader
 
 
-def read_manifest_checked(client: S3Client, uri: str) -> Manifest:
-    """The manifest for ``uri`` (an artifact's or a manifest's), checked to describe its artifact."""
-    manifest = read_manifest(client, uri)
-    if artifact_suffix(uri) is not None and manifest.artifact.uri != uri:
-        raise ManifestError(f"manifest next to {uri} describes {manifest.artifact.uri}")
-    return manifest
+def read_manifest_checked(client: S3Client, uri: str, *, trusted_keys: TrustedKeys | None = None) -> Manifest:
+    """The manifest for ``uri`` (an artifact's or a manifest's), checked to describe the
+    artifact next to it and, with trusted keys (``trusted_keys``, else those
+    ``EXPORT_TRUSTED_KEYS`` names), to be signed by one of them.
+
+    Raises:
+        ManifestError: no valid manifest for ``uri``.
+        SignatureError: keys are trusted, and the export is unsigned, altered or foreign-signed.
+    """
+    return read_trusted_manifest(client, uri, resolve_trusted(trusted_keys))
 
 
 def open_artifact(
@@ -33,10 +38,13 @@ def open_artifact(
     extra_names: Iterable[str] = (),
     check_compatibility_first: bool = True,
     spool_dir: str | None = None,
+    trusted_keys: TrustedKeys | None = None,
 ) -> tuple[Any, Manifest, dict[str, bytes]]:
     """Load an artifact the way a consumer should: manifest first, compatibility from the
     manifest before downloading, then the archive checked against the manifest's size and
-    sha256 while it downloads.
+    sha256 while it downloads.  With trusted keys (``trusted_keys``, else those
+    ``EXPORT_TRUSTED_KEYS`` names) the export's signature is checked first: nothing is
+    downloaded or loaded unless one of them signed the manifest and the archive's digest.
 
     A TorchScript archive is loaded with ``torch.jit.load``: ``map_location`` goes to it;
     without one, every module is loaded onto the CPU, whatever device it was saved from.
@@ -49,10 +57,11 @@ def open_artifact(
 
     Raises:
         ManifestError: no valid manifest for ``uri``.
+        SignatureError: keys are trusted, and the export is unsigned, altered or foreign-signed.
         ArchiveError: this torch cannot read the archive (with the reason), or its bytes
             differ from the manifest's.
     """
-    manifest = read_manifest_checked(client, uri)
+    manifest = read_manifest_checked(client, uri, trusted_keys=trusted_keys)
     if check_compatibility_first:
         local_torch, max_version = local_reader()
         verdict = check_compatibility(manifest, local_torch=local_torch, max_format_version=max_version)

@@ -22,10 +22,11 @@ from ..manifest.model import Manifest
 from ..pt2.load import load_pt2_file, program_device
 from ..s3.client import S3Client
 from ..s3.ranged import read_checked
+from ..signing.keys import TrustedKeys
+from ..signing.store import check_signed, read_manifest_in_place, resolve_trusted
 from ..torchscript.load import load_torchscript_file
 from .compare import compare_outputs
 from .compat import check_compatibility, local_reader
-from .open import read_manifest_checked
 
 #: Tolerances of the self-check when the build record does not state them.
 DEFAULT_ATOL = 1e-5
@@ -110,21 +111,40 @@ def verify_artifact(
     progress: Callable[[int], None] | None = None,
     on_manifest: Callable[[Manifest], None] | None = None,
     spool_dir: str | None = None,
+    trusted_keys: TrustedKeys | None = None,
 ) -> VerifyReport:
     """Check an artifact as a consumer would before trusting it; stops at the first failure.
 
-    Steps: manifest (valid, describes this artifact), compatibility with this torch (from
-    the manifest, before downloading), sha256 and size while downloading, ``torch.jit.load``
-    on the CPU (``torch.export.load`` for a ``.pt2``), every extra file against the
-    manifest, and the self-check.
+    Steps: manifest (valid, describes the artifact next to it), signature (with trusted
+    keys: ``trusted_keys``, else those ``EXPORT_TRUSTED_KEYS`` names; nothing is downloaded
+    or loaded unless one of them signed the manifest and the archive's digest),
+    compatibility with this torch (from the manifest, before downloading), sha256 and size
+    while downloading, the archive's operators, ``torch.jit.load`` on the CPU
+    (``torch.export.load`` for a ``.pt2``), every extra file against the manifest, and the
+    self-check.
     """
     report = VerifyReport(uri)
     try:
-        manifest = read_manifest_checked(client, uri)
+        trusted = resolve_trusted(trusted_keys)
+    except SerializerError as exc:
+        report.add("signature", False, str(exc))
+        return report
+    try:
+        manifest, raw_manifest, manifest_uri = read_manifest_in_place(client, uri)
     except SerializerError as exc:
         report.add("manifest", False, str(exc))
         return report
     report.add("manifest", True, f"schema {manifest.schema_version}, {len(manifest.extra_files)} extra files")
+    if trusted is None:
+        signed = f"by key {manifest.signature.key_id[:16]}..." if manifest.signature else "unsigned"
+        report.add("signature", True, f"not checked: no trusted keys given (the manifest says {signed})")
+    else:
+        try:
+            kid = check_signed(client, manifest_uri, manifest, raw_manifest, trusted)
+        except SerializerError as exc:
+            report.add("signature", False, str(exc))
+            return report
+        report.add("signature", True, f"signed by trusted key {kid[:16]}...")
     if on_manifest is not None:
         on_manifest(manifest)
     local_torch, max_version = local_reader()

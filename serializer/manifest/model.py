@@ -25,11 +25,16 @@ from ..s3.uri import parse_s3_uri
 
 #: Version of the manifest's layout; readers refuse versions newer than they know.
 #: 2 added ``producer.builder``; 3 added the ``pt2`` format (``artifact.format: "pt2"``
-#: and ``artifact.pt2``).  Earlier versions are still read.
-SCHEMA_VERSION = 3
+#: and ``artifact.pt2``); 4 added ``signature``.  Earlier versions are still read.
+SCHEMA_VERSION = 4
 #: What a TorchScript manifest carries: its layout is version 2's, so readers that know
-#: version 2 keep reading TorchScript manifests; only ``.pt2`` manifests need version 3.
+#: version 2 keep reading unsigned TorchScript manifests.
 TORCHSCRIPT_SCHEMA_VERSION = 2
+#: What an unsigned ``.pt2`` manifest carries: version 3's layout.
+PT2_SCHEMA_VERSION = 3
+#: What a signed manifest of either format carries: a reader that cannot check the
+#: signature is told to upgrade rather than shown a field it does not know.
+SIGNED_SCHEMA_VERSION = 4
 #: Suffix of a manifest's key: ``model.pt`` -> ``model.manifest.json``.
 MANIFEST_SUFFIX = "." + MANIFEST_NAME
 #: Largest manifest read, in bytes.  Most are a few KiB; the largest a job can make holds
@@ -124,6 +129,15 @@ class Verification(_Model):
     rtol: float = Field(ge=0)
 
 
+class SignatureEntry(_Model):
+    """Where an export's signature is, and which key made it; absent (or null) in the
+    manifest of an export made without a signing key."""
+
+    uri: str = Field(description="s3:// URI of the signature (a Sigstore bundle), always model.sig next to the archive")
+    key_id: str = Field(pattern=_SHA256, description="sha256 (hex) of the signing key's PEM public key")
+    predicate_type: str = Field(description="the in-toto predicate signed: OpenSSF model signing's")
+
+
 class Manifest(_Model):
     """The manifest stored next to an artifact."""
 
@@ -136,19 +150,31 @@ class Manifest(_Model):
     created_at: datetime
     verification: Verification | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    signature: SignatureEntry | None = Field(
+        default=None, description="the export's signature; absent or null: exported without a signing key"
+    )
 
     @model_validator(mode="after")
-    def _pt2_schema(self) -> Manifest:
-        if self.artifact.format == "pt2" and self.schema_version < SCHEMA_VERSION:
-            raise ValueError(f"a pt2 manifest is schema version {SCHEMA_VERSION} or later, not {self.schema_version}")
+    def _schema(self) -> Manifest:
+        if self.artifact.format == "pt2" and self.schema_version < PT2_SCHEMA_VERSION:
+            raise ValueError(
+                f"a pt2 manifest is schema version {PT2_SCHEMA_VERSION} or later, not {self.schema_version}"
+            )
+        if self.signature is not None and self.schema_version < SIGNED_SCHEMA_VERSION:
+            raise ValueError(
+                f"a signed manifest is schema version {SIGNED_SCHEMA_VERSION} or later, not {self.schema_version}"
+            )
         return self
 
     def to_json(self) -> bytes:
         """Canonical JSON: sorted keys, compact, UTF-8.  ``artifact.pt2`` is left out of
-        a TorchScript manifest, whose layout stays version 2's."""
+        a TorchScript manifest, and ``signature`` out of an unsigned one, whose layouts
+        stay those of versions 2 and 3."""
         data = self.model_dump(mode="json")
         if data["artifact"].get("pt2") is None:
             data["artifact"].pop("pt2", None)
+        if data.get("signature") is None:
+            data.pop("signature", None)
         return canonical_json(data)
 
     @classmethod
@@ -225,6 +251,7 @@ def build_manifest(
     verification: Verification | None = None,
     metadata: dict[str, Any] | None = None,
     created_at: datetime | None = None,
+    signature: SignatureEntry | None = None,
 ) -> Manifest:
     """The manifest of a stored archive (pure: the clock and producer are passed in)."""
     pt2 = None
@@ -234,7 +261,13 @@ def build_manifest(
             schema_version=ExportSchemaVersion(major=archive.pt2.schema_major, minor=archive.pt2.schema_minor),
         )
     return Manifest(
-        schema_version=SCHEMA_VERSION if archive.format == "pt2" else TORCHSCRIPT_SCHEMA_VERSION,
+        schema_version=(
+            SIGNED_SCHEMA_VERSION
+            if signature is not None
+            else PT2_SCHEMA_VERSION
+            if archive.format == "pt2"
+            else TORCHSCRIPT_SCHEMA_VERSION
+        ),
         artifact=ArtifactEntry(
             uri=archive.uri,
             size=archive.size,
@@ -252,6 +285,7 @@ def build_manifest(
         created_at=created_at or datetime.now(UTC),
         verification=verification,
         metadata=metadata or {},
+        signature=signature,
     )
 
 

@@ -18,6 +18,8 @@ from torch.export.pt2_archive._package import load_pt2
 from ..errors import ArchiveError
 from ..s3.client import S3Client
 from ..s3.ranged import download_checked
+from ..signing.keys import TrustedKeys
+from ..signing.store import resolve_trusted, signed_digest
 from .check import PROGRAM, check_pt2_payloads
 from .export import ARCHIVE_FILE
 
@@ -69,14 +71,26 @@ def load_pt2_file(path: str, *, source: str | None = None) -> tuple[torch.export
 
 
 def load_pt2_artifact(
-    client: S3Client, uri: str, *, sha256: str | None = None, size: int | None = None, spool_dir: str | None = None
+    client: S3Client,
+    uri: str,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    spool_dir: str | None = None,
+    trusted_keys: TrustedKeys | None = None,
 ) -> tuple[torch.export.ExportedProgram, dict[str, bytes]]:
     """Download (to a temporary file, checked against ``size`` and ``sha256`` as it
     arrives) and ``torch.export.load`` a stored ``.pt2`` archive.
 
+    With trusted keys (``trusted_keys``, else those ``EXPORT_TRUSTED_KEYS`` names) the
+    export's signature is checked first, and the archive checked against the signed
+    manifest's size and sha256 (which ``sha256`` and ``size``, if given, must equal).
+
     Raises:
+        SignatureError: keys are trusted, and the export is unsigned, altered or foreign-signed.
         ArchiveError: digest mismatch, or torch could not load it.
     """
+    sha256, size = signed_digest(client, uri, sha256, size, resolve_trusted(trusted_keys))
     with tempfile.TemporaryDirectory(prefix="export-worker-load-", dir=spool_dir) as tmp:
         path = os.path.join(tmp, ARCHIVE_FILE)
         download_checked(client, uri, path, sha256=sha256, size=size)

@@ -14,14 +14,28 @@ from ..formats import PT2_SUFFIX
 from ..s3.client import S3Client
 from ..s3.ranged import download_checked
 from ..s3.uri import parse_s3_uri
+from ..signing.keys import TrustedKeys
+from ..signing.store import resolve_trusted, signed_digest
+from .check import check_torchscript_archive
 from .save import ARCHIVE_FILE, quiet_torchscript_deprecation
 
 
 def load_torchscript_file(
-    path: str, *, map_location: str | torch.device | None = "cpu", extra_names: Iterable[str] = ()
+    path: str,
+    *,
+    map_location: str | torch.device | None = "cpu",
+    extra_names: Iterable[str] = (),
+    source: str | None = None,
 ) -> tuple[torch.jit.ScriptModule, dict[str, bytes]]:
     """``torch.jit.load`` a local archive with the extra files named (absent ones read as
-    empty); torch's ``RuntimeError`` goes to the caller, who names the archive."""
+    empty), once :func:`~serializer.torchscript.check.check_torchscript_archive` passed it;
+    torch's ``RuntimeError`` goes to the caller, who names the archive.
+
+    Raises:
+        ArchiveError: refused by the operator check (naming ``source``, else ``path``),
+            before torch reads it.
+    """
+    check_torchscript_archive(path, source=source)
     extras: dict[str, Any] = dict.fromkeys(extra_names, "")
     with quiet_torchscript_deprecation():
         module = torch.jit.load(path, map_location=map_location, _extra_files=extras)  # type: ignore[no-untyped-call]
@@ -37,8 +51,13 @@ def load_artifact(
     sha256: str | None = None,
     size: int | None = None,
     spool_dir: str | None = None,
+    trusted_keys: TrustedKeys | None = None,
 ) -> tuple[torch.jit.ScriptModule, dict[str, bytes]]:
     """Download (to a temporary file, not memory), check and ``torch.jit.load`` an archive.
+
+    With trusted keys (``trusted_keys``, else those ``EXPORT_TRUSTED_KEYS`` names) the
+    export's signature is checked first, and the archive checked against the signed
+    manifest's size and sha256 (which ``sha256`` and ``size``, if given, must equal).
 
     ``torch.jit.load`` puts every module on the CPU unless ``map_location`` says otherwise,
     whatever device it was saved from.
@@ -47,16 +66,18 @@ def load_artifact(
         The module and the requested extra files' bytes.
 
     Raises:
+        SignatureError: keys are trusted, and the export is unsigned, altered or foreign-signed.
         ArchiveError: digest mismatch, or torch could not load it.
     """
     if parse_s3_uri(uri).key.endswith(PT2_SUFFIX):
         raise ArchiveError(
             f"{uri} is a .pt2 archive, not TorchScript: load it with open_artifact or serializer.load_pt2_artifact"
         )
+    sha256, size = signed_digest(client, uri, sha256, size, resolve_trusted(trusted_keys))
     with tempfile.TemporaryDirectory(prefix="export-worker-load-", dir=spool_dir) as tmp:
         path = os.path.join(tmp, ARCHIVE_FILE)
         download_checked(client, uri, path, sha256=sha256, size=size)
         try:
-            return load_torchscript_file(path, map_location=map_location, extra_names=extra_names)
+            return load_torchscript_file(path, map_location=map_location, extra_names=extra_names, source=uri)
         except RuntimeError as exc:
             raise ArchiveError(f"torch.jit.load of {uri} failed: {exc}") from exc

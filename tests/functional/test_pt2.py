@@ -29,7 +29,7 @@ from serializer.consumer.open import open_artifact
 from serializer.consumer.verify import verify_artifact
 from serializer.errors import ArchiveError, InvalidExtraFile, ObjectExists, UploadFailed
 from serializer.manifest.model import (
-    SCHEMA_VERSION,
+    PT2_SCHEMA_VERSION,
     ExportSchemaVersion,
     Manifest,
     Pt2Entry,
@@ -408,7 +408,7 @@ def test_a_pt2_job_writes_model_pt2_next_to_its_manifest(s3: Any, bucket: str, s
     assert sorted(object_keys(s3, bucket)) == sorted([key_of(result["artifact_uri"]), key_of(result["manifest_uri"])])
     assert open_uploads(s3, bucket) == []
     manifest = read_manifest(s3, result["manifest_uri"])
-    assert manifest.schema_version == SCHEMA_VERSION
+    assert manifest.schema_version == PT2_SCHEMA_VERSION
     assert manifest.artifact.format == "pt2"
     assert manifest.artifact.pt2 == Pt2Entry(
         archive_version=archive_version(), schema_version=ExportSchemaVersion(major=SCHEMA[0], minor=SCHEMA[1])

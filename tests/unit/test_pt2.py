@@ -19,7 +19,7 @@ from serializer.archive.info import ArchiveInfo, Pt2Info
 from serializer.consumer.compat import check_compatibility
 from serializer.errors import InvalidExtraFile, InvalidURI
 from serializer.manifest.model import (
-    SCHEMA_VERSION,
+    PT2_SCHEMA_VERSION,
     TORCHSCRIPT_SCHEMA_VERSION,
     ArtifactEntry,
     ExportSchemaVersion,
@@ -95,7 +95,7 @@ def manifest_of(info: ArchiveInfo) -> Manifest:
 
 def test_a_pt2_manifest_is_schema_3_with_its_pt2_facts() -> None:
     m = manifest_of(archive("pt2"))
-    assert m.schema_version == SCHEMA_VERSION == 3
+    assert m.schema_version == PT2_SCHEMA_VERSION == 3
     assert m.artifact.format == "pt2"
     assert m.artifact.pt2 == Pt2Entry(archive_version=0, schema_version=ExportSchemaVersion(major=8, minor=20))
     doc = json.loads(m.to_json())

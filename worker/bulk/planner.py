@@ -27,17 +27,20 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from serializer.errors import ManifestError, SerializerError
+from serializer.errors import ManifestError, SerializerError, SignatureError
 from serializer.formats import FORMATS, Format
 from serializer.manifest.model import Manifest
-from serializer.manifest.store import read_manifest
+from serializer.manifest.store import read_manifest_raw
 from serializer.s3.client import S3Client
+from serializer.signing.keys import TrustedKeys
+from serializer.signing.store import check_signed
 
 from ..access import check_spec_scopes
 from ..allowlist import check_allowed
 from ..errors import ExportError, SpecError
 from ..keys import Keys, export_keys, manifest_mismatch
 from ..settings import Policy, Settings
+from ..signing import deployment_trust, signing_key
 from ..spec import ExportSpec
 from .selection import Candidate, check_source, iter_candidates
 from .status import Action
@@ -84,6 +87,8 @@ class Planner:
     pt2_archive_version: int = -1
     export_schema: tuple[int, int] = (0, 0)
     _digests: dict[str, str | None] = field(default_factory=dict)
+    #: The keys a manifest must be signed by to count (None: signatures are not checked).
+    trusted: TrustedKeys | None = None
 
     def __post_init__(self) -> None:
         import torch
@@ -98,6 +103,8 @@ class Planner:
         self.export_schema = self.export_schema if self.export_schema != (0, 0) else export_schema_version()
         if self.to_format is not None and self.to_format not in FORMATS:
             raise SpecError(f"to_format must be one of {', '.join(FORMATS)}, got {self.to_format!r}")
+        if self.trusted is None:
+            self.trusted = deployment_trust(self.settings, signing_key(self.settings))
 
     def builder_digest(self, builder: str) -> str | None:
         """The digest of a builder's source, read once per run and module; the builder
@@ -151,10 +158,18 @@ class Planner:
         if candidate.manifest is not None and candidate.manifest_uri == keys.manifest:
             return candidate.manifest, None  # checked when it was listed
         try:
-            current = _read_optional(self.client, keys.manifest)
+            found = _read_optional(self.client, keys.manifest)
         except ManifestError as exc:
             return None, f" ({exc})"
-        mismatch = None if current is None else manifest_mismatch(current, spec, keys.manifest)
+        if found is None:
+            return None, None
+        current, raw = found
+        mismatch = manifest_mismatch(current, spec, keys.manifest)
+        if mismatch is None and self.trusted is not None:
+            try:
+                check_signed(self.client, keys.manifest, current, raw, self.trusted)
+            except SignatureError as exc:
+                mismatch = f"its signature is not trusted ({exc.kind})"
         return (None, f": {mismatch}") if mismatch is not None else (current, None)
 
     def decide(self, candidate: Candidate) -> Decision:
@@ -202,15 +217,15 @@ class Planner:
         return decision(Action.UNCHANGED, "up to date")
 
 
-def _read_optional(client: S3Client, uri: str) -> Manifest | None:
-    """The manifest at ``uri``, or None where there is none.
+def _read_optional(client: S3Client, uri: str) -> tuple[Manifest, bytes] | None:
+    """The manifest at ``uri`` and its bytes, or None where there is none.
 
     Raises:
         ManifestError: one that cannot be read or does not validate.
         ClientError: a transient store error.
     """
     try:
-        return read_manifest(client, uri)
+        return read_manifest_raw(client, uri)
     except ManifestError as exc:
         if "no manifest" in str(exc):
             return None
@@ -241,7 +256,8 @@ def plan(
     """Every candidate's decision, streamed: what a run would do, and why (``--dry-run``)."""
     planner = Planner(client, settings, policy, to_format=to_format)
     recent = RecentTargets()
-    for candidate in iter_candidates(client, check_source(source), catalog_dir=settings.catalog_dir):
+    selection = iter_candidates(client, check_source(source), catalog_dir=settings.catalog_dir, trusted=planner.trusted)
+    for candidate in selection:
         decision = planner.decide(candidate)
         if decision.runs and decision.target is not None and not recent.add(decision.target):
             decision = Decision(Action.UNCHANGED, "same target as another candidate", decision.name, decision.source,

@@ -52,7 +52,9 @@ def plan_run(
     run: BulkRun, client: S3Client, planner: Planner, send: Send, on_progress: Callable[[], None] | None = None
 ) -> None:
     """Stream the selection into the run, dispatching as it goes."""
-    candidates = iter_candidates(client, run.keys.source, catalog_dir=planner.settings.catalog_dir)
+    candidates = iter_candidates(
+        client, run.keys.source, catalog_dir=planner.settings.catalog_dir, trusted=planner.trusted
+    )
     for item_id, candidate in enumerate(candidates):
         run.add(planner.decide(candidate), item_id)
         if item_id % PLAN_BATCH == PLAN_BATCH - 1:

@@ -26,12 +26,14 @@ from typing import Any
 import yaml
 from botocore.exceptions import ClientError
 
-from serializer.errors import InvalidURI, ManifestError, SerializerError
+from serializer.errors import InvalidURI, ManifestError, SerializerError, SignatureError
 from serializer.manifest.model import MANIFEST_SUFFIX, Manifest
-from serializer.manifest.store import read_manifest
+from serializer.manifest.store import read_manifest_raw
 from serializer.s3.client import S3Client
 from serializer.s3.retry import error_code
 from serializer.s3.uri import parse_s3_uri
+from serializer.signing.keys import TrustedKeys
+from serializer.signing.store import check_signed
 
 from ..errors import SpecError
 from ..keys import manifest_mismatch
@@ -113,19 +115,23 @@ def list_manifests(client: S3Client, prefix_uri: str, *, start_after: str | None
         kwargs["ContinuationToken"] = token
 
 
-def iter_candidates(client: S3Client, source: str, *, catalog_dir: str | None = None) -> Iterator[Candidate]:
+def iter_candidates(
+    client: S3Client, source: str, *, catalog_dir: str | None = None, trusted: TrustedKeys | None = None
+) -> Iterator[Candidate]:
     """Every candidate of a selection, in order, one at a time.
 
     Args:
         catalog_dir: the folder a catalog on disk must lie in (``EXPORT_CATALOG_DIR``);
             None refuses catalogs on disk.
+        trusted: where given, a listed manifest is used only if one of these keys signed
+            it (and its archive's digest); others are invalid candidates.
 
     Raises:
         SpecError: the catalog cannot be read (or, on disk, lies outside ``catalog_dir``).
     """
     if not is_catalog(source):
         for uri in list_manifests(client, source):
-            yield _from_manifest(client, uri)
+            yield _from_manifest(client, uri, trusted)
     elif source.lower().endswith(JSONL_SUFFIXES):
         for number, line in enumerate(_catalog_lines(client, source, catalog_dir), start=1):
             text = line.strip()
@@ -146,11 +152,12 @@ def iter_candidates(client: S3Client, source: str, *, catalog_dir: str | None = 
         yield from _yaml_candidates(client, source, catalog_dir)
 
 
-def _from_manifest(client: S3Client, uri: str) -> Candidate:
+def _from_manifest(client: S3Client, uri: str, trusted: TrustedKeys | None = None) -> Candidate:
     """The candidate a listed manifest gives: its spec, where the manifest is that spec's
-    export at that spec's keys; otherwise invalid, with the reason."""
+    export at that spec's keys (and, with ``trusted``, signed by one of them); otherwise
+    invalid, with the reason."""
     try:
-        manifest = read_manifest(client, uri)
+        manifest, raw = read_manifest_raw(client, uri)
     except (SerializerError, RecursionError) as exc:  # unreadable, too large, not JSON, a key that is no URI
         reason = exc.summary if isinstance(exc, ManifestError) else str(exc)
         return Candidate(source=uri, manifest_uri=uri, error=reason or type(exc).__name__)
@@ -161,6 +168,11 @@ def _from_manifest(client: S3Client, uri: str) -> Candidate:
     mismatch = manifest_mismatch(manifest, spec, uri)
     if mismatch is not None:
         return Candidate(source=uri, manifest_uri=uri, given_name=spec.name, error=f"not trusted: {mismatch}")
+    if trusted is not None:
+        try:
+            check_signed(client, uri, manifest, raw, trusted)
+        except SignatureError as exc:  # the kind only: the message quotes key ids and keys
+            return Candidate(source=uri, manifest_uri=uri, given_name=spec.name, error=f"not trusted: {exc.kind}")
     return Candidate(source=uri, spec=spec, manifest_uri=uri, manifest=manifest)
 
 

@@ -16,11 +16,14 @@ from serializer.errors import ObjectExists, UploadFailed
 from serializer.manifest.model import Producer, build_manifest
 from serializer.producer import current_producer
 from serializer.s3.client import S3Client
+from serializer.signing.keys import SigningKey, TrustedKeys
+from serializer.signing.store import sign_export, signature_entry
 
 from ..access import check_spec_scopes
 from ..builders import builder_digest, resolve_device
 from ..keys import Keys, export_keys, staging_uri
 from ..settings import Settings
+from ..signing import signing_key, worker_trust
 from ..spec import ExportSpec
 from .capture import Built, build, capture
 from .dead_uploads import abort_dead_uploads, aborted_by_holder
@@ -74,10 +77,12 @@ def run_export(
         ExportError subclasses (permanent), or botocore errors (transient, for the task to retry).
     """
     check_spec_scopes(spec, settings)
+    key = signing_key(settings)  # a key that cannot sign fails the job before any work
+    trust = worker_trust(settings, key)
     report = progress or ignore_progress
     producer = current_producer(spec.device, builder_digest(spec.builder, settings.allowed_builders))
     keys = export_keys(spec, producer.torch)
-    done, distrust = trusted_manifest(client, keys, spec)
+    done, distrust = trusted_manifest(client, keys, spec, trust)
     if distrust is not None:
         log.warning("export %s: manifest at %s not trusted (%s); replacing it", spec.name, keys.manifest, distrust)
     action = _decide(
@@ -108,14 +113,16 @@ def run_export(
                 progress=counter,
             )
         except ObjectExists:
-            return await_winner(client, keys, spec, other_running)
+            return await_winner(client, keys, spec, other_running, trust)
         except UploadFailed as exc:
             if exclusive or not aborted_by_holder(exc):
                 raise
             log.info("export %s: the holder of its lock aborted this upload; waiting for its manifest", spec.name)
-            return await_winner(client, keys, spec, other_running)
+            return await_winner(client, keys, spec, other_running, trust)
     staging = upload_uri if staged else None
-    result = _publish(spec, settings, client, keys, info, built, producer, report, staging=staging)
+    result = _publish(
+        spec, settings, client, keys, info, built, producer, report, staging=staging, key=key, trust=trust
+    )
     if not result["skipped"]:  # skipped: another job published first, and its export was adopted
         log.info(
             "exported %s to %s (%d bytes) in %.2f s", spec.name, keys.artifact, info.size, time.monotonic() - started
@@ -158,9 +165,11 @@ def _publish(
     report: Progress,
     *,
     staging: str | None,
+    key: SigningKey | None,
+    trust: TrustedKeys | None,
 ) -> dict[str, Any]:
-    """Verify the uploaded archive, promote it where it was staged (at ``staging``), write
-    the manifest.
+    """Verify the uploaded archive, promote it where it was staged (at ``staging``), sign
+    it (where a key is set), write the manifest.
 
     Each clean-up is registered as soon as what it removes exists: the staging object is
     always deleted; an archive written straight to its key is deleted if a later step
@@ -185,6 +194,13 @@ def _publish(
             producer=producer,
             verification=verification,
             metadata=spec.metadata,
+            signature=signature_entry(key, keys.artifact) if key is not None else None,
         )
+        if key is not None:  # the signature first: a manifest's presence means signed too
+            delete_on_failure(cleanups, client, keys.signature)
+            sign_export(
+                client, key, model_name=spec.name, artifact_uri=keys.artifact, artifact_sha256=info.sha256,
+                manifest_uri=keys.manifest, manifest_bytes=manifest.to_json(),
+            )  # fmt: skip
         conditional = settings.conditional_publish and staging is None
-        return publish_manifest(client, keys, info, manifest, spec, conditional=conditional)
+        return publish_manifest(client, keys, info, manifest, spec, conditional=conditional, trust=trust)

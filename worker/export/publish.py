@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from serializer.archive.info import ArchiveInfo
-from serializer.errors import ManifestError, ObjectExists
+from serializer.errors import ManifestError, ObjectExists, SignatureError
 from serializer.manifest.model import Manifest
-from serializer.manifest.store import read_manifest, write_manifest
+from serializer.manifest.store import read_manifest_raw, write_manifest
 from serializer.s3.client import S3Client
 from serializer.s3.retry import error_code
 from serializer.s3.uri import parse_s3_uri
+from serializer.signing.keys import TrustedKeys
+from serializer.signing.store import check_signed
 
 from ..errors import ExportConflict
 from ..keys import Keys, manifest_mismatch
@@ -37,25 +39,28 @@ CONFLICT_WAIT = 30.0
 MAX_SINGLE_COPY = 5 * 1024**3
 
 
-def existing_manifest(client: S3Client, keys: Keys) -> Manifest | None:
-    """The export's manifest, or None where there is none yet.
+def existing_manifest(client: S3Client, keys: Keys) -> tuple[Manifest, bytes] | None:
+    """The export's manifest and its bytes, or None where there is none yet.
 
     Raises:
         ManifestError: a manifest that cannot be read or does not validate.
     """
     try:
-        return read_manifest(client, keys.manifest)
+        return read_manifest_raw(client, keys.manifest)
     except ManifestError as exc:
         if "no manifest" in str(exc):
             return None
         raise
 
 
-def trusted_manifest(client: S3Client, keys: Keys, spec: ExportSpec) -> tuple[Manifest | None, str | None]:
+def trusted_manifest(
+    client: S3Client, keys: Keys, spec: ExportSpec, trust: TrustedKeys | None = None
+) -> tuple[Manifest | None, str | None]:
     """What the export's manifest key holds: ``(manifest, None)`` where it is the export of
-    ``spec`` (:func:`~worker.keys.manifest_mismatch`), ``(None, None)`` where nothing is
-    there, ``(None, why)`` where something is there that is not (planted, copied, or
-    unreadable): the export then goes on and replaces it.
+    ``spec`` (:func:`~worker.keys.manifest_mismatch`) and, with ``trust``, signed by one
+    of those keys; ``(None, None)`` where nothing is there; ``(None, why)`` where something
+    is there that is not (planted, copied, unsigned, or unreadable): the export then goes
+    on and replaces it.
 
     Raises:
         ClientError: a transient store error.
@@ -66,8 +71,14 @@ def trusted_manifest(client: S3Client, keys: Keys, spec: ExportSpec) -> tuple[Ma
         return None, str(exc)
     if found is None:
         return None, None
-    mismatch = manifest_mismatch(found, spec, keys.manifest)
-    return (None, mismatch) if mismatch is not None else (found, None)
+    manifest, raw = found
+    mismatch = manifest_mismatch(manifest, spec, keys.manifest)
+    if mismatch is None and trust is not None:
+        try:
+            check_signed(client, keys.manifest, manifest, raw, trust)
+        except SignatureError as exc:
+            mismatch = f"its signature is not trusted ({exc.kind})"
+    return (None, mismatch) if mismatch is not None else (manifest, None)
 
 
 def object_exists(client: S3Client, uri: str) -> bool:
@@ -101,7 +112,14 @@ def promote(client: S3Client, staged: ArchiveInfo, artifact_uri: str) -> Archive
 
 
 def publish_manifest(
-    client: S3Client, keys: Keys, info: ArchiveInfo, manifest: Manifest, spec: ExportSpec, *, conditional: bool
+    client: S3Client,
+    keys: Keys,
+    info: ArchiveInfo,
+    manifest: Manifest,
+    spec: ExportSpec,
+    *,
+    conditional: bool,
+    trust: TrustedKeys | None = None,
 ) -> dict[str, Any]:
     """Write the manifest, the export's last step; the task's result.  Where ``conditional``
     and another job published first, its export is adopted (``skipped``) or refused.
@@ -112,11 +130,13 @@ def publish_manifest(
     try:
         write_manifest(client, keys.manifest, manifest, if_none_match=conditional)
     except ObjectExists:
-        return adopt_winner(client, keys, info, spec)
+        return adopt_winner(client, keys, info, spec, trust)
     return result_of(manifest, keys, skipped=False)
 
 
-def adopt_winner(client: S3Client, keys: Keys, info: ArchiveInfo, spec: ExportSpec) -> dict[str, Any]:
+def adopt_winner(
+    client: S3Client, keys: Keys, info: ArchiveInfo, spec: ExportSpec, trust: TrustedKeys | None = None
+) -> dict[str, Any]:
     """Another job published the manifest first.  Its archive is the one stored (the archive
     key is written once): where its manifest is this spec's and describes these bytes, the
     export is done.
@@ -124,7 +144,7 @@ def adopt_winner(client: S3Client, keys: Keys, info: ArchiveInfo, spec: ExportSp
     Raises:
         ExportConflict: the winner's manifest describes other bytes, or another spec.
     """
-    done, _ = trusted_manifest(client, keys, spec)
+    done, _ = trusted_manifest(client, keys, spec, trust)
     if done is not None and done.artifact.sha256 == info.sha256:
         return result_of(done, keys, skipped=True)
     raise ExportConflict(
@@ -134,7 +154,11 @@ def adopt_winner(client: S3Client, keys: Keys, info: ArchiveInfo, spec: ExportSp
 
 
 def await_winner(
-    client: S3Client, keys: Keys, spec: ExportSpec, other_running: Callable[[], bool] | None = None
+    client: S3Client,
+    keys: Keys,
+    spec: ExportSpec,
+    other_running: Callable[[], bool] | None = None,
+    trust: TrustedKeys | None = None,
 ) -> dict[str, Any]:
     """Another worker published the same artifact first: wait for its manifest (at least
     CONFLICT_WAIT seconds, and for as long as ``other_running`` says it is at work); only a
@@ -145,7 +169,7 @@ def await_winner(
     """
     deadline = time.monotonic() + CONFLICT_WAIT
     while time.monotonic() < deadline or (other_running is not None and other_running()):
-        done, _ = trusted_manifest(client, keys, spec)
+        done, _ = trusted_manifest(client, keys, spec, trust)
         if done is not None:
             return result_of(done, keys, skipped=True)
         time.sleep(0.5)

@@ -22,4 +22,5 @@ def result_of(manifest: Manifest, keys: Keys, *, skipped: bool) -> dict[str, Any
         "format": manifest.artifact.format,
         "format_version": manifest.artifact.format_version,
         "verification": manifest.verification.model_dump() if manifest.verification else None,
+        "signature_uri": manifest.signature.uri if manifest.signature else None,
     }
