@@ -3,8 +3,10 @@
 ``torch.export.load`` unpickles some payloads with ``weights_only=False`` (tensor
 subclasses, constants that are objects, sample inputs that ``weights_only`` refuses), loads
 AOTInductor shared libraries it finds, and evaluates the program JSON's symbolic shapes and
-guards as Python.  :func:`check_pt2_payloads` is an allow-list of what a plain exported
-program holds.  Hardening, not a sandbox: load archives from stores you trust.
+guards as Python, and its graphs may call any registered operator or ``torch.*`` callable
+(``aten::from_file`` writes files).  :func:`check_pt2_payloads` is an allow-list of what a
+plain exported program holds and calls.  Hardening, not a sandbox: load archives from
+stores you trust.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import ArchiveError
-from .program import check_program_json
+from .program import check_program_json, check_program_operators
 
 #: The one program a ``.pt2`` loaded here holds (``torch.export.save`` names it "model").
 PROGRAM = "model"
@@ -58,7 +60,8 @@ def check_pt2_payloads(path: str, *, source: str | None = None) -> None:
     configs name as raw tensor bytes (``use_pickle`` false, a tensor_meta, a
     ``weight_N``/``tensor_N`` name; an empty record only for an empty tensor), and extra
     files.  Every string of the program JSON that torch evaluates (symbolic shapes, guards)
-    must be the plain form torch writes (:mod:`serializer.pt2.program`).  The sample inputs
+    must be the plain form torch writes, and every operator its graphs call must be on the
+    allow-list of :mod:`serializer.operators` (:mod:`serializer.pt2.program`).  The sample inputs
     must load with ``weights_only=True``.  A program whose weights live on CUDA is refused
     on a host without it, with that reason.  Everything is read through torch's reader.
 
@@ -73,10 +76,15 @@ def check_pt2_payloads(path: str, *, source: str | None = None) -> None:
         program = f"models/{PROGRAM}.json"
         if program not in seen:
             raise ArchiveError(f"{where}: not a plain exported program: no {program}")
+        graph = json.loads(bytes(reader.get_record(program)))
         try:
-            check_program_json(json.loads(bytes(reader.get_record(program))))
+            check_program_json(graph)
         except ArchiveError as exc:
             raise _refuse(where, f"its program JSON holds code: {exc}") from None
+        try:
+            check_program_operators(graph)
+        except ArchiveError as exc:
+            raise ArchiveError(f"{where}: refused: {program} {exc}") from None
         if "cuda" in devices and not torch.cuda.is_available():
             raise ArchiveError(
                 f"{where}: its weights were exported on CUDA and torch.export.load puts them back there; "

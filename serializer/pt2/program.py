@@ -13,7 +13,12 @@ writes there:
 - a guard is a comparison over ``L['input'].size()[0]``-like terms, numbers and boolean
   operators.
 
-Anything else is refused by name.  Imports nothing from torch.
+Anything else is refused by name.  :func:`check_program_operators` checks what the graph
+calls: every node's target, in every graph and sub-graph, and every operator passed as an
+argument, against :mod:`serializer.operators`.
+
+Every check is linear in its input: no regular expression that backtracks, no recursion
+over the JSON.  Imports nothing from torch.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import ArchiveError
+from ..operators import ALLOWED_PYTHON_TARGETS, higher_order_refusal, operator_refusal
 
 #: Callables a symbolic expression may use: sympy's ``srepr`` names for numbers, symbols,
 #: arithmetic, relations and logic, and torch's shape functions
@@ -47,7 +53,6 @@ SYMPY_KEYWORDS = frozenset(
      "commutative", "odd", "even", "precision", "evaluate"}
 )  # fmt: skip
 _SYMBOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 #: Methods a guard may call on an input (no arguments but integers).
 GUARD_METHODS = frozenset({"size", "stride", "storage_offset", "dim", "numel"})
 #: Longest string checked; longer ones are refused (torch writes short ones).
@@ -56,6 +61,39 @@ MAX_EXPRESSION = 64 * 1024
 
 class _Refused(Exception):
     pass
+
+
+def _digits(text: str, start: int) -> int:
+    """Where the run of ASCII digits starting at ``start`` ends."""
+    end = start
+    while end < len(text) and "0" <= text[end] <= "9":
+        end += 1
+    return end
+
+
+def float_text(text: str) -> bool:
+    """Whether ``text`` is a float's digits as sympy's ``srepr`` writes them: an optional
+    sign, digits with at most one point (``1.``, ``.5``, ``2.50``), an optional exponent.
+
+    One pass over the text (it replaces a regular expression whose nested repetition took
+    seconds to refuse 16 KiB of digits).
+    """
+    pos = 1 if text[:1] in ("-", "+") else 0
+    end = _digits(text, pos)
+    whole = end - pos
+    if end < len(text) and text[end] == ".":
+        after = _digits(text, end + 1)
+        if whole == 0 and after == end + 1:
+            return False
+        end = after
+    elif whole == 0:
+        return False
+    if end < len(text) and text[end] in ("e", "E"):
+        exponent = end + 1 + (1 if text[end + 1 : end + 2] in ("-", "+") else 0)
+        end = _digits(text, exponent)
+        if end == exponent:
+            return False
+    return end == len(text)
 
 
 def _number(node: ast.AST) -> bool:
@@ -88,10 +126,7 @@ def _sympy_node(node: ast.AST) -> None:
             text = arg.value
             if not (
                 position == 0
-                and (
-                    (name == "Symbol" and _SYMBOL_NAME.fullmatch(text))
-                    or (name == "Float" and _FLOAT_TEXT.fullmatch(text))
-                )
+                and ((name == "Symbol" and _SYMBOL_NAME.fullmatch(text)) or (name == "Float" and float_text(text)))
             ):
                 raise _Refused(f"the string {text[:40]!r} in {name}")
             continue
@@ -140,6 +175,9 @@ def _parse(text: object, what: str) -> ast.AST:
         return ast.parse(text, mode="eval").body
     except SyntaxError as exc:
         raise _Refused(f"{what} does not parse ({exc.msg})") from None
+    except (MemoryError, RecursionError, ValueError):
+        # Python's parser gives up on deep nesting ("-" * 60000) with these.
+        raise _Refused(f"{what} is nested too deeply") from None
 
 
 def check_sym_expr(text: object) -> None:
@@ -150,6 +188,8 @@ def check_sym_expr(text: object) -> None:
     """
     try:
         _sympy_node(_parse(text, "a symbolic expression"))
+    except RecursionError:
+        raise ArchiveError(f"symbolic expression {str(text)[:80]!r}: nested too deeply") from None
     except _Refused as exc:
         raise ArchiveError(f"symbolic expression {str(text)[:80]!r}: {exc} is not allowed there") from None
 
@@ -162,6 +202,8 @@ def check_guard(text: object) -> None:
     """
     try:
         _guard_node(_parse(text, "a guard"))
+    except RecursionError:
+        raise ArchiveError(f"guard {str(text)[:80]!r}: nested too deeply") from None
     except _Refused as exc:
         raise ArchiveError(f"guard {str(text)[:80]!r}: {exc} is not allowed there") from None
 
@@ -193,3 +235,66 @@ def check_program_json(program: Any) -> None:
                 raise ArchiveError("guards_code is not a list")
             for guard in value:
                 check_guard(guard)
+
+
+#: An operator overload's name (``default``, ``Tensor``, ``out``); a leading underscore
+#: would name a Python attribute of the operator packet instead.
+_OVERLOAD = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
+
+
+def target_refusal(target: object) -> tuple[str, str | None]:
+    """The operator a node's ``target`` (or an ``as_operator`` argument) names, as the
+    deserializer resolves it, and why it is refused (None where it is allowed).
+
+    ``torch.ops.NS.OP[.OVERLOAD]`` is operator ``NS::OP``; ``torch.ops.higher_order.NAME`` a
+    higher-order operator; the Python callables of :data:`ALLOWED_PYTHON_TARGETS` are
+    allowed by exact name.  Anything else (``torch.from_file``, ``torch.os.system``, an
+    extension's ``#ns:op``) is refused: torch would resolve it as an attribute path and call
+    whatever it finds.
+    """
+    if not isinstance(target, str):
+        return f"a {type(target).__name__}", "not an operator name"
+    shown = target[:80]
+    if target in ALLOWED_PYTHON_TARGETS:
+        return shown, None
+    parts = target.split(".")
+    if len(parts) not in (4, 5) or parts[:2] != ["torch", "ops"]:
+        return shown, "a Python callable that is not an operator on the allow-list"
+    namespace, name = parts[2], parts[3]
+    if namespace == "higher_order":
+        why = higher_order_refusal(name) if len(parts) == 4 else "not a higher-order operator"
+        return f"torch.ops.higher_order.{name}"[:80], why
+    qualified = f"{namespace}::{name}"[:80]
+    if len(parts) == 5 and not _OVERLOAD.fullmatch(parts[4]):
+        return qualified, "not an operator overload"
+    return qualified, operator_refusal(namespace, name)
+
+
+def check_program_operators(program: Any) -> None:
+    """Check everything a deserialized program's graphs call: the target of every node of
+    every graph (sub-graphs of higher-order operators included, wherever they are nested)
+    and every operator passed as an argument (``as_operator``: the operator that
+    ``auto_functionalized`` or ``with_effects`` runs).
+
+    One walk over the JSON, with a stack: linear in its size, whatever its depth.
+
+    Raises:
+        ArchiveError: naming the first node and what it calls, and why that is refused.
+    """
+    stack = [program]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "target" in item and "inputs" in item:
+                shown, why = target_refusal(item["target"])
+                if why is not None:
+                    node = item.get("name")
+                    where = f"node {str(node)[:80]!r}" if isinstance(node, str) and node else "a node"
+                    raise ArchiveError(f"{where} calls {shown} ({why})")
+            if "as_operator" in item:
+                shown, why = target_refusal(item["as_operator"])
+                if why is not None:
+                    raise ArchiveError(f"an argument names operator {shown} ({why})")
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
