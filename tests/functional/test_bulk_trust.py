@@ -300,7 +300,7 @@ def test_ls_lists_the_good_manifests_and_shows_the_bad_ones(
     _, b = export(s3, bucket, "b")
     put(s3, f"s3://{bucket}/models/aa/model{MANIFEST_SUFFIX}", deep(100_000))
     s3.put_object(Bucket=bucket, Key=f"models/ab\x02/model{MANIFEST_SUFFIX}", Body=b"{}")
-    status = ls(argparse.Namespace(prefix=f"s3://{bucket}/models", json=True))
+    status = ls(argparse.Namespace(prefix=f"s3://{bucket}/models", json=True, workers=4))
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
     assert [r["artifact_uri"] for r in rows] == [a["artifact_uri"], b["artifact_uri"]]

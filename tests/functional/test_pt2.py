@@ -467,6 +467,7 @@ def test_verify_passes_every_step_for_pt2(s3: Any, published: Any, which: str) -
     report = verify_artifact(s3, result[which])
     assert [(s.name, s.ok) for s in report.steps] == [
         ("manifest", True),
+        ("signature", True),
         ("compatibility", True),
         ("checksum", True),
         ("load", True),
@@ -474,7 +475,7 @@ def test_verify_passes_every_step_for_pt2(s3: Any, published: Any, which: str) -
         ("self-check", True),
     ]
     assert report.ok
-    assert "torch.export.load" in report.steps[3].detail
+    assert "torch.export.load" in report.steps[4].detail
 
 
 def tamper_with_extra_file(client: Any, uri: str, name: str) -> Manifest:
@@ -492,7 +493,7 @@ def test_a_tampered_extra_file_fails_verification_at_the_checksum(s3: Any, bucke
     tamper_with_extra_file(s3, result["artifact_uri"], "labels.txt")
     report = verify_artifact(s3, result["artifact_uri"])
     assert not report.ok
-    assert [(s.name, s.ok) for s in report.steps] == [("manifest", True), ("compatibility", True), ("checksum", False)]
+    assert [(s.name, s.ok) for s in report.steps] == [("manifest", True), ("signature", True), ("compatibility", True), ("checksum", False)]
     assert "sha256" in report.steps[-1].detail
 
 

@@ -161,7 +161,7 @@ def test_verify_prints_every_step(cli_env: dict[str, str], exported: dict[str, A
     proc = exportctl(cli_env, "verify", exported["artifact_uri"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    for step in ("manifest", "compatibility", "checksum", "load", "extra files", "self-check"):
+    for step in ("manifest", "signature", "compatibility", "checksum", "load", "extra files", "self-check"):
         assert any(line.split()[:1] == ["ok"] and f" {step} " in line for line in lines), (step, proc.stdout)
     assert lines[-1] == f"verified: {exported['artifact_uri']}"
     assert "Traceback" not in proc.stderr

@@ -154,7 +154,7 @@ def test_pt2_export_through_the_cli_and_back(world: World, tmp_path: Path) -> No
     lines = verify.stdout.splitlines()
     load = [line for line in lines if line.split()[:2] == ["ok", "load"]]
     assert load and "torch.export.load" in load[0], verify.stdout
-    for step in ("manifest", "compatibility", "checksum", "extra files", "self-check"):
+    for step in ("manifest", "signature", "compatibility", "checksum", "extra files", "self-check"):
         assert any(line.split()[:1] == ["ok"] and f" {step} " in line for line in lines), (step, verify.stdout)
     assert "skipped" not in verify.stdout  # the self-check ran on the stored inputs
     assert lines[-1] == f"verified: {uri}"

@@ -30,7 +30,7 @@ from worker.settings import Settings
 from worker.spec import parse_spec
 
 MiB = 1024**2
-ALL_STEPS = ["manifest", "compatibility", "checksum", "load", "extra files", "self-check"]
+ALL_STEPS = ["manifest", "signature", "compatibility", "checksum", "load", "extra files", "self-check"]
 LABELS = b"cat\ndog\nbird\nfish\n"
 
 
@@ -287,7 +287,7 @@ def test_verify_catches_a_flipped_bit(s3: Any, bucket: str) -> None:
     flip_bit(s3, result["artifact_uri"], result["size"] // 2)
     report = verify_artifact(s3, result["artifact_uri"])
     assert not report.ok
-    assert step_names(report) == ["manifest", "compatibility", "checksum"]
+    assert step_names(report) == ["manifest", "signature", "compatibility", "checksum"]
     assert not report.steps[-1].ok
     assert "sha256" in report.steps[-1].detail
 
@@ -301,7 +301,7 @@ def test_verify_refuses_a_newer_format_before_downloading(s3: Any, bucket: str) 
     counter = GetCounter(s3)
     report = verify_artifact(s3, result["artifact_uri"])
     assert not report.ok
-    assert step_names(report) == ["manifest", "compatibility"]
+    assert step_names(report) == ["manifest", "signature", "compatibility"]
     assert "format version 99" in report.steps[-1].detail
     assert counter.by_key[key_of(result["artifact_uri"])] == 0, "the archive was downloaded"
     assert counter.by_key[key_of(result["manifest_uri"])] == 1
@@ -314,7 +314,7 @@ def test_verify_of_a_manifest_claiming_more_bytes_fails_at_checksum(s3: Any, buc
     longer = manifest.artifact.model_copy(update={"size": manifest.artifact.size + 20 * MiB})
     write_manifest(s3, result["manifest_uri"], manifest.model_copy(update={"artifact": longer}))
     report = verify_artifact(s3, result["artifact_uri"])
-    assert step_names(report) == ["manifest", "compatibility", "checksum"]
+    assert step_names(report) == ["manifest", "signature", "compatibility", "checksum"]
     assert not report.ok
     assert "shorter than" in report.steps[-1].detail
 
@@ -333,7 +333,7 @@ def test_verify_of_a_manifest_whose_artifact_is_gone_fails_at_checksum(s3: Any, 
     s3.delete_object(Bucket=bucket, Key=key_of(result["artifact_uri"]))
     report = verify_artifact(s3, result["artifact_uri"])
     assert not report.ok
-    assert step_names(report) == ["manifest", "compatibility", "checksum"]
+    assert step_names(report) == ["manifest", "signature", "compatibility", "checksum"]
     assert "NoSuchKey" in report.steps[-1].detail or "Not Found" in report.steps[-1].detail
 
 

@@ -70,7 +70,7 @@ PART = MIN_PART_SIZE
 START_TIMEOUT = 90.0
 JOB_TIMEOUT = 240.0
 RUN_TIMEOUT = 300.0
-ALL_STEPS = ["manifest", "compatibility", "checksum", "load", "extra files", "self-check"]
+ALL_STEPS = ["manifest", "signature", "compatibility", "checksum", "load", "extra files", "self-check"]
 HAS_CRT = importlib.util.find_spec("awscrt") is not None
 
 

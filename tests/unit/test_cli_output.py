@@ -63,11 +63,6 @@ def test_text_is_printed_literally(terminal: bool) -> None:
         assert "\x1b" not in shown
 
 
-def test_markup_quote_prints_back_the_escaped_text() -> None:
-    shown = render(f"error: {output.markup_quote(HOSTILE)}", terminal=False)
-    assert shown == "error: " + safe_text(HOSTILE) + "\n"
-
-
 def test_print_error_is_one_literal_line(capsys: pytest.CaptureFixture[str]) -> None:
     output.print_error(ValueError(HOSTILE))
     err = capsys.readouterr().err

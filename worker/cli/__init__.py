@@ -18,7 +18,7 @@ from serializer.errors import SerializerError
 from ..errors import ExportError
 from . import consumer, demo, jobs
 from .consumer import list_manifests
-from .output import CommandError, console
+from .output import CommandError, print_error
 from .parser import build_parser
 
 __all__ = ["CommandError", "list_manifests", "main"]
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return HANDLERS[args.command](args)
     except (CommandError, ExportError, SerializerError, ValueError, BotoCoreError, ClientError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(exc)  # as text: an error may quote a manifest's or an archive's values
         return 1
     except KeyboardInterrupt:
         return 130

@@ -21,7 +21,7 @@ from serializer.s3.client import make_s3_client
 from ..spec import parse_spec
 from .demo_services import ServiceMissing, celery_worker, moto_server, redis_server
 from .jobs import wait_with_progress
-from .output import CommandError, console, markup_quote, out, pretty_json, text
+from .output import CommandError, console, out, pretty_json, text
 
 __all__ = ["DEMO_SPEC", "WORKER_START_TIMEOUT", "demo"]
 
@@ -54,8 +54,7 @@ def check_demo_extra(env: dict[str, str]) -> None:
         CommandError: no S3 endpoint is configured and moto (the ``demo`` extra) is missing.
     """
     if _needs_moto(env) and importlib.util.find_spec("moto") is None:
-        # Quoted: the CLI prints errors as rich markup, which would take "[demo]" for a tag.
-        hint = markup_quote(DEMO_EXTRA_HINT)
+        hint = DEMO_EXTRA_HINT  # printed as text: "[demo]" is no markup tag
         raise CommandError(f"the demo's embedded S3 endpoint needs moto: {hint} (or set AWS_ENDPOINT_URL_S3)")
 
 
@@ -89,7 +88,7 @@ def demo(args: argparse.Namespace) -> int:
         try:
             env = stack.enter_context(_demo_services(tmp, args.bucket))
         except ServiceMissing as exc:
-            raise CommandError(markup_quote(exc)) from exc
+            raise CommandError(exc) from exc
         # The app reads its settings when first imported: from the services above.
         os.environ.update(env)
         log_path = os.path.join(tmp, "worker.log")
@@ -105,7 +104,7 @@ def _wait_for_worker(proc: subprocess.Popen[bytes], log_path: str) -> None:
         deadline = time.monotonic() + WORKER_START_TIMEOUT
         while not app.control.ping(timeout=0.5):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise CommandError(f"the worker did not start; its log: {markup_quote(log_path)}")
+                raise CommandError(f"the worker did not start; its log: {log_path}")
     console.print("worker: ready")
 
 

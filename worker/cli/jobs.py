@@ -20,7 +20,7 @@ from ..bulk import BulkRun, check_source, plan
 from ..errors import ExportError
 from ..scopes import check_read, check_write
 from ..settings import Settings
-from .output import CommandError, console, markup_quote, out, safe_text, text
+from .output import CommandError, console, out, safe_text, text
 
 __all__ = ["POLL_INTERVAL", "reexport", "status", "submit", "wait_for_bulk_run", "wait_with_progress"]
 
@@ -33,9 +33,9 @@ def _load_spec_file(path: str) -> dict[str, Any]:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
         data = json.loads(text)
     except (OSError, ValueError) as exc:
-        raise CommandError(f"cannot read spec {markup_quote(path)}: {markup_quote(exc)}") from exc
+        raise CommandError(f"cannot read spec {path}: {exc}") from exc
     if not isinstance(data, dict):
-        raise CommandError(f"spec {markup_quote(path)} is not a JSON object")
+        raise CommandError(f"spec {path} is not a JSON object")
     return data
 
 
@@ -79,13 +79,11 @@ def wait_with_progress(result: Any, timeout: float) -> dict[str, Any]:
                 bar.update(task, description="done", total=value.get("size") or 1, completed=value.get("size") or 1)
                 return value
             elif state in ("FAILURE", "REVOKED"):
-                raise CommandError(f"export failed: {markup_quote(type(info).__name__)}: {markup_quote(info)}")
+                raise CommandError(f"export failed: {type(info).__name__}: {info}")
             elif state == "RETRY":
                 bar.update(task, description="retrying")
             if time.monotonic() > deadline:
-                raise CommandError(
-                    f"job {markup_quote(result.id)} did not finish within {timeout:.0f} s (still {state})"
-                )
+                raise CommandError(f"job {result.id} did not finish within {timeout:.0f} s (still {state})")
             time.sleep(POLL_INTERVAL)
 
 
@@ -213,14 +211,12 @@ def wait_for_bulk_run(result: Any, timeout: float) -> dict[str, Any]:
                 return value
             if state in ("FAILURE", "REVOKED"):
                 info = result.info
-                raise CommandError(f"bulk run failed: {markup_quote(type(info).__name__)}: {markup_quote(info)}")
+                raise CommandError(f"bulk run failed: {type(info).__name__}: {info}")
             if run is None:
                 with contextlib.suppress(ExportError):
                     run = BulkRun.load(redis_client(settings), result.id, settings)
             if run is not None:
                 _bulk_progress(bar, task, run)
             if time.monotonic() > deadline:
-                raise CommandError(
-                    f"bulk run {markup_quote(result.id)} did not finish within {timeout:.0f} s (still {state})"
-                )
+                raise CommandError(f"bulk run {result.id} did not finish within {timeout:.0f} s (still {state})")
             time.sleep(POLL_INTERVAL)

@@ -19,7 +19,6 @@ from collections.abc import Iterable, Sequence
 from rich.cells import cell_len
 from rich.console import Console
 from rich.highlighter import JSONHighlighter
-from rich.markup import escape
 from rich.text import Text
 
 __all__ = [
@@ -27,7 +26,6 @@ __all__ = [
     "aligned_lines",
     "console",
     "json_safe",
-    "markup_quote",
     "out",
     "pretty_json",
     "print_error",
@@ -75,7 +73,7 @@ def safe_text(value: object) -> str:
     """``str(value)`` with every control, format or separator character, and the backslash,
     shown as an escape (``\\x1b``, ``\\u202e``, ``\\\\``); other characters, non-ASCII
     letters included, are kept.  Rich markup is not touched: print the result as text
-    (:func:`text`, ``markup=False``) or through :func:`markup_quote`."""
+    (:func:`text`, ``markup=False``), as :func:`print_error` does."""
     raw = str(value)
     if raw.isprintable() and "\\" not in raw:  # no control, format or separator character
         return raw
@@ -86,13 +84,6 @@ def text(value: object, style: str = "") -> Text:
     """Outside text as a rich :class:`~rich.text.Text`: escaped by :func:`safe_text`, never
     read as markup, in ``style``."""
     return Text(safe_text(value), style=style)
-
-
-def markup_quote(value: object) -> str:
-    """Outside text for a string that is printed as rich markup (a :class:`CommandError`'s
-    message, which :func:`worker.cli.main` prints as markup): :func:`safe_text`, then the
-    markup escaped."""
-    return escape(safe_text(value))
 
 
 def print_error(exc: BaseException) -> None:
