@@ -22,6 +22,8 @@ from serializer.consumer.extras import read_extra_file
 from serializer.errors import SerializerError
 from serializer.manifest.store import read_manifest
 from serializer.s3.client import S3Client, make_s3_client
+from serializer.signing.keys import TrustedKeys
+from serializer.signing.store import read_trusted_manifest
 
 from ..bulk import list_manifests as _listing
 from .output import (
@@ -54,13 +56,30 @@ def list_manifests(client: S3Client, prefix_uri: str) -> Iterator[str]:
     return _listing(client, prefix_uri)
 
 
+def trusted_keys(args: argparse.Namespace) -> TrustedKeys | None:
+    """The keys ``--key`` and ``EXPORT_TRUSTED_KEYS`` name, or None where there are none.
+
+    Raises:
+        CommandError: a key file that cannot be read or is not an elliptic-curve public key.
+    """
+    try:
+        given = TrustedKeys.from_files(args.key) if args.key else None
+        configured = TrustedKeys.from_environment()
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if given is None or configured is None:
+        return given or configured
+    return TrustedKeys({**configured.keys, **given.keys})
+
+
 def show(args: argparse.Namespace) -> int:
-    """``exportctl show URI [--json]``: print an artifact's manifest.
+    """``exportctl show URI [--json] [--key PEM]``: print an artifact's manifest (with keys:
+    only one that a trusted key signed).
 
     ``--json`` is the canonical JSON, with any control or format character in a value
     written as a ``\\uNNNN`` escape (the same JSON value; nothing a terminal acts on).
     """
-    manifest = read_manifest(make_s3_client(), args.uri)
+    manifest = read_trusted_manifest(make_s3_client(), args.uri, trusted_keys(args))
     if args.json:
         sys.stdout.write(json_safe(manifest.to_json().decode()) + "\n")
     else:
@@ -196,10 +215,12 @@ def ls(args: argparse.Namespace) -> int:
 
 
 def verify(args: argparse.Namespace) -> int:
-    """``exportctl verify URI``: check an artifact step by step; exit 1 unless every step passed."""
+    """``exportctl verify URI [--key PEM]``: check an artifact step by step (with keys, its
+    signature first); exit 1 unless every step passed."""
     # Deferred: it imports torch, which ls and show do without.
     from serializer.consumer.verify import verify_artifact
 
+    trusted = trusted_keys(args)
     columns = (TextColumn("downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("download", total=None)
@@ -208,6 +229,7 @@ def verify(args: argparse.Namespace) -> int:
             args.uri,
             progress=lambda n: bar.advance(task, n),
             on_manifest=lambda m: bar.update(task, total=m.artifact.size),
+            trusted_keys=trusted,
         )
     for step in report.steps:
         mark = ("ok  ", "green") if step.ok else ("FAIL", "red")
@@ -217,9 +239,14 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def extra(args: argparse.Namespace) -> int:
-    """``exportctl extra URI NAME [--no-manifest]``: one extra file's bytes to stdout."""
+    """``exportctl extra URI NAME [--no-manifest] [--key PEM]``: one extra file's bytes to
+    stdout, checked against the manifest's sha256 (with keys: a manifest a trusted key
+    signed)."""
     client = make_s3_client()
-    manifest = None if args.no_manifest else read_manifest(client, args.uri)
+    trusted = trusted_keys(args)
+    if args.no_manifest and trusted is not None:
+        raise CommandError("--no-manifest reads no signature: it cannot be used with trusted keys (--key)")
+    manifest = None if args.no_manifest else read_trusted_manifest(client, args.uri, trusted)
     sys.stdout.buffer.write(read_extra_file(client, args.uri, args.name, manifest=manifest))
     sys.stdout.buffer.flush()
     return 0

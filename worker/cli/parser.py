@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print an artifact's manifest")
     show.add_argument("uri", help="s3:// URI of the artifact (.pt or .pt2) or its manifest")
     show.add_argument("--json", action="store_true", help="raw canonical JSON")
+    _add_key(show)
 
     ls = sub.add_parser("ls", help="list the exports under a prefix")
     ls.add_argument("prefix", help="s3://bucket/prefix")
@@ -49,14 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="check an artifact: manifest, compatibility, checksum, load, self-check")
     verify.add_argument("uri", help="s3:// URI of the artifact (.pt or .pt2) or its manifest")
+    _add_key(verify)
 
     extra = sub.add_parser("extra", help="write one extra file's bytes to stdout (range reads)")
     extra.add_argument("uri", help="s3:// URI of the artifact (.pt or .pt2)")
     extra.add_argument("name", help="the extra file's name in the archive")
     extra.add_argument("--no-manifest", action="store_true", help="find it from the zip's directory, not the manifest")
+    _add_key(extra)
 
     _add_reexport(sub)
     return parser
+
+
+def _add_key(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="a trusted public key (repeat for several; with EXPORT_TRUSTED_KEYS): only an export one of "
+        "them signed is used",
+    )
 
 
 def _add_reexport(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
