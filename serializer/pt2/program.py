@@ -63,12 +63,15 @@ class _Refused(Exception):
     pass
 
 
+#: A run of ASCII digits: one character class, matched once from a given position (no
+#: alternative to backtrack into), so linear.
+_DIGIT_RUN = re.compile(r"[0-9]*")
+
+
 def _digits(text: str, start: int) -> int:
     """Where the run of ASCII digits starting at ``start`` ends."""
-    end = start
-    while end < len(text) and "0" <= text[end] <= "9":
-        end += 1
-    return end
+    match = _DIGIT_RUN.match(text, start)
+    return match.end() if match else start
 
 
 def float_text(text: str) -> bool:
@@ -285,7 +288,9 @@ def check_program_operators(program: Any) -> None:
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            if "target" in item and "inputs" in item:
+            # Any dict with a target is taken for a node: one without inputs or outputs
+            # is checked too, whatever torch would make of it.
+            if "target" in item:
                 shown, why = target_refusal(item["target"])
                 if why is not None:
                     node = item.get("name")

@@ -70,6 +70,8 @@ _CUSTOM_CLASSES = "__torch__.torch.classes."
 
 #: Builtins of TorchScript that take an operator or an attribute by name.
 _GETATTR = frozenset({"getattr", "hasattr"})
+#: Denied operators TorchScript also offers as global builtins (``rpc_async(...)``).
+_BUILTIN_FORMS = frozenset({"rpc_async", "rpc_sync", "rpc_remote"})
 
 
 class _Refused(Exception):
@@ -265,7 +267,10 @@ def _check_tree(tree: ast.AST) -> None:
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
             if node.id in ("torch", "ops") and not (isinstance(parent, ast.Attribute) and parent.value is node):
                 raise _Refused(f"refers to {node.id!r} itself, not to an operator of it")
-            if node.id in DENIED_NAMES and node.id not in bound:
+            # A bare name: the rpc builtins are TorchScript globals, refused even where the
+            # record binds the name elsewhere (the global answers before the binding runs);
+            # an operator name is refused unless the record binds it (a local ``save``).
+            if node.id in _BUILTIN_FORMS or (node.id in DENIED_NAMES and node.id not in bound):
                 raise _Refused(_denied(node.id))
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _GETATTR:
             if len(node.args) < 2 or not (

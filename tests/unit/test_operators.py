@@ -125,6 +125,9 @@ def _code(*lines: str) -> bytes:
         ("_0 = ops.image.read_file((state)[1])", "calls image::read_file (namespace 'image' is not allowed)"),
         ("_0 = ops.prim.rpc_async((state)[1], CONSTANTS.c0)", "calls prim::rpc_async (network access)"),
         ("_0 = rpc_sync((state)[1], CONSTANTS.c0)", "calls prim::rpc_sync (network access)"),
+        ("_0 = rpc_async((state)[1], CONSTANTS.c0)\n    rpc_async = 1", "calls prim::rpc_async (network access)"),
+        # An alias: torch's importer compiles it, and the call maps the file.
+        ("_ff = torch.from_file\n    _0 = _ff((state)[1], True, 6)", "calls aten::from_file (file access)"),
         # A method call: TorchScript resolves it to the operator of that name on the string.
         ("_0 = ((state)[1]).from_file(True, 6)", "calls aten::from_file (file access)"),
         ("_0 = (state)[0].save((state)[1])", "calls aten::save (file access)"),
