@@ -107,7 +107,8 @@ def check_torchscript_archive(path: str, *, source: str | None = None) -> None:
     code_total = pickle_total = 0
     for name in sorted(records):
         is_code = bool(_CODE.fullmatch(name))
-        is_pickle = name.endswith((".pkl", ".debug_pkl"))
+        # torch unpickles its own records; an extra file named ``*.pkl`` is the model's data.
+        is_pickle = not name.startswith("extra/") and name.endswith((".pkl", ".debug_pkl"))
         if not is_code and not is_pickle:
             continue
         size = reader.get_record_size(name)
@@ -116,7 +117,10 @@ def check_torchscript_archive(path: str, *, source: str | None = None) -> None:
         pickle_total += size if is_pickle else 0
         if size > limit or (code_total if is_code else pickle_total) > total:
             raise ArchiveError(f"{where}: refused: {name} is too large to check ({size} bytes)")
-        data = bytes(reader.get_record(name))
+        try:
+            data = bytes(reader.get_record(name))
+        except RuntimeError as exc:
+            raise ArchiveError(f"{where}: not a readable TorchScript archive: {name}: {exc}") from exc
         try:
             if is_code:
                 check_code(data)

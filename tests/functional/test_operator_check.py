@@ -185,6 +185,12 @@ def test_a_code_record_over_the_limit_is_refused_unread(
         check_torchscript_archive(str(archive))
 
 
+def test_extra_files_are_not_checked_as_code_or_pickles(plain_ts: Path, tmp_path: Path) -> None:
+    # The model's own data: torch.jit.load never compiles or unpickles extra files.
+    extras = {"a/extra/notes.py": b"torch.from_file('/x', True, 6)\n", "a/extra/vocab.pkl": b"\x80\x04cos\nsystem\n."}
+    check_torchscript_archive(str(_edit(plain_ts, tmp_path / "extras.pt", extras)))
+
+
 def test_a_non_zip_is_refused_as_unreadable(tmp_path: Path) -> None:
     path = tmp_path / "junk.pt"
     path.write_bytes(b"not a zip")
