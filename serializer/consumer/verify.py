@@ -21,7 +21,7 @@ from ..errors import ArchiveError, SerializerError
 from ..manifest.model import Manifest
 from ..pt2.load import load_pt2_file, program_device
 from ..s3.client import S3Client
-from ..s3.ranged import read_checked
+from ..s3.ranged import download_checked
 from ..signing.keys import TrustedKeys
 from ..signing.store import check_signed, read_manifest_in_place, resolve_trusted
 from ..torchscript.load import load_torchscript_file
@@ -158,8 +158,7 @@ def verify_artifact(
     with tempfile.TemporaryDirectory(prefix="export-worker-verify-", dir=spool_dir) as tmp:
         path = os.path.join(tmp, "archive.pt2" if pt2 else "archive.pt")
         try:
-            with open(path, "wb") as out:
-                read_checked(client, art.uri, size=art.size, sha256=art.sha256, sink=out.write, progress=progress)
+            download_checked(client, art.uri, path, sha256=art.sha256, size=art.size, progress=progress)
         except (SerializerError, ClientError, BotoCoreError) as exc:
             report.add("checksum", False, str(exc))
             return report

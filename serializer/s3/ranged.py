@@ -1,6 +1,9 @@
 """Reading an object back by ranged GETs: one bounded range (:func:`read_range`,
-:func:`read_tail`), or the whole object by parallel ranges, in order, with bounded memory,
-checked against its size and sha256 as it arrives.
+:func:`read_tail`), the whole object by parallel ranges, in order, with bounded memory,
+checked against its size and sha256 as it arrives (:func:`iter_object`,
+:func:`read_checked`), or into a file, each range written at its offset by a tuned number
+of GETs in flight, checked in one pass (:func:`download_checked`, on
+:mod:`serializer.s3.inplace`).
 
 Every range is checked before it is requested (its length against a cap, its end against
 the object's size where known) and its reply before the body is read (the ``Content-Range``
@@ -11,8 +14,12 @@ between is refused (412) instead of mixing two objects' bytes.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import os
 import re
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +31,9 @@ from botocore.exceptions import ClientError
 
 from ..errors import ArchiveError
 from .client import S3Client
+from .inplace import CHUNK_SIZE, download_into, range_size_for
 from .retry import error_code
+from .tuner import DEFAULT_CAP, DEFAULT_START, ConcurrencyTuner
 from .uri import parse_s3_uri
 
 #: Bytes per ranged GET when downloading an archive.
@@ -282,20 +291,174 @@ def read_checked(
 
 
 def download_checked(
-    client: S3Client, uri: str, path: str, *, sha256: str | None = None, size: int | None = None
+    client: S3Client,
+    uri: str,
+    path: str,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    tuner: ConcurrencyTuner | None = None,
+    range_size: int | None = None,
 ) -> None:
-    """Stream the object at ``uri`` to ``path`` by parallel ranged GETs (bounded memory),
-    checking its size and sha256 as it arrives; every GET carries ``IfMatch`` with the
-    ETag of the HEAD.
+    """Download the object at ``uri`` into the file ``path``, checked against ``size`` and
+    ``sha256`` (when given).
+
+    One HEAD gives the size and ETag; the file is created (replacing what was there) at
+    that size, then ranged GETs, each with ``IfMatch`` set to the HEAD's ETag, write their
+    bytes straight into their offsets, read from each reply in chunks of
+    :data:`~serializer.s3.inplace.CHUNK_SIZE`.  The sha256 follows the finished prefix,
+    read back from the file (see :mod:`serializer.s3.inplace`), so memory is at most
+    ``CHUNK_SIZE * (tuner.cap + 1)`` whatever the object's size or the width.
+
+    ``tuner``'s slots decide how many ranges are in flight (default: :func:`default_tuner`,
+    which grows from 4 while throughput grows, up to the client's connection pool;
+    ``ConcurrencyTuner(fixed=n)`` for exactly ``n``); it is told of every chunk that
+    arrives and of every SlowDown, 503 or 429 a GET meets, botocore's retried ones included.  ``range_size`` defaults to
+    :func:`~serializer.s3.inplace.range_size_for` the object's size.  ``progress`` is
+    called in this thread with the bytes that arrived since its last call.
+
+    On any failure the file is removed and no thread of the download is left running.
 
     Raises:
-        ArchiveError: the bytes differ from what was expected, or the object was replaced
-            while being read.
+        ArchiveError: the bytes differ from what was expected (size or sha256), or the
+            object was replaced while being read.
+        ClientError, BotoCoreError: a GET failed for good (after the retries of transient
+            errors, which resume the range where it stopped).
     """
     target = parse_s3_uri(uri)
     head = client.head_object(Bucket=target.bucket, Key=target.key)
     stored = int(head["ContentLength"])
     if size is not None and stored != size:
-        raise ArchiveError(f"{uri}: {stored} bytes stored, {size} expected")
-    with open(path, "wb") as out:
-        read_checked(client, uri, size=stored, sha256=sha256, sink=out.write, etag=str(head.get("ETag") or "") or None)
+        longer = "shorter" if stored < size else "longer"
+        raise ArchiveError(f"{uri}: {stored} bytes stored, {longer} than the {size} bytes expected")
+    etag = str(head.get("ETag") or "") or None
+    tuner = tuner or default_tuner(client)
+
+    def fetch(start: int, length: int, write: Callable[[bytes], None]) -> None:
+        _fetch_into(client, uri, start, length, write, etag=etag, total=stored)
+
+    with contextlib.ExitStack() as stack:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+        stack.callback(os.close, fd)
+        stack.push(_remove_on_failure(path))
+        _preallocate(fd, stored)
+        stack.enter_context(_throttle_signals(client, tuner))
+        got = download_into(
+            fd,
+            stored,
+            fetch,
+            tuner=tuner,
+            range_size=range_size or range_size_for(stored),
+            digest=sha256 is not None,
+            progress=progress,
+        )
+        if sha256 is not None and got != sha256:
+            raise ArchiveError(f"{uri}: sha256 {got} differs from the manifest's {sha256}; the object is corrupt")
+
+
+def _fetch_into(
+    client: S3Client,
+    uri: str,
+    start: int,
+    length: int,
+    write: Callable[[bytes], None],
+    *,
+    etag: str | None,
+    total: int,
+) -> None:
+    """GET bytes ``[start, start + length)`` and pass the body to ``write`` in chunks of at
+    most ``CHUNK_SIZE``, checked like :func:`read_range` (Content-Range, ETag, size)."""
+    reply = _get(client, uri, f"bytes={start}-{start + length - 1}", etag, "range")
+    first, last, size = _reply_range(reply)
+    _check_same(uri, reply, etag, total, size)
+    if first != start or last != start + length - 1:
+        _close(reply)
+        raise ArchiveError(
+            f"{uri}: range at bytes {start}..{start + length} was answered with bytes {first}..{last + 1}"
+        )
+    declared = reply.get("ContentLength")
+    if declared is not None and int(declared) != length:
+        _close(reply)
+        raise ArchiveError(f"{uri}: the store answered {declared} bytes where {length} were asked")
+    body = reply["Body"]
+    try:
+        remaining = length
+        while remaining:
+            data = body.read(min(CHUNK_SIZE, remaining))
+            if not data:
+                raise ArchiveError(f"{uri}: the range at byte {start} ended {remaining} bytes early")
+            write(data)
+            remaining -= len(data)
+        if body.read(1):
+            raise ArchiveError(f"{uri}: the store sent more than the {length} bytes asked at byte {start}")
+    finally:
+        body.close()
+
+
+def default_tuner(client: S3Client) -> ConcurrencyTuner:
+    """A tuner for one download with ``client``: from :data:`~serializer.s3.tuner.DEFAULT_START`
+    ranges in flight up to :data:`~serializer.s3.tuner.DEFAULT_CAP`, and never more than the
+    client's connection pool (a GET beyond it opens a connection that is thrown away after)."""
+    pool = int(getattr(client.meta.config, "max_pool_connections", None) or DEFAULT_START)
+    cap = max(1, min(DEFAULT_CAP, pool))
+    return ConcurrencyTuner(start=min(DEFAULT_START, cap), cap=cap)
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Set the file's size, and reserve its blocks where the filesystem can (a full disk
+    fails here, before any GET)."""
+    os.ftruncate(fd, size)
+    if size and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+
+
+def _remove_on_failure(path: str) -> Callable[..., bool]:
+    def remove(exc_type: type[BaseException] | None, *_: object) -> bool:
+        if exc_type is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return False
+
+    return remove
+
+
+#: Error codes and statuses of a store asking for fewer requests.
+THROTTLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+    }
+)
+THROTTLE_STATUSES = frozenset({429, 503})
+
+
+@contextlib.contextmanager
+def _throttle_signals(client: S3Client, tuner: ConcurrencyTuner) -> Iterator[None]:
+    """Tell ``tuner`` of every throttled GetObject of ``client`` while the block runs: each
+    try botocore makes, retried or not, is seen by its ``needs-retry`` event."""
+
+    def seen(response: Any = None, **_: Any) -> None:
+        if response is None:
+            return None
+        http, parsed = response
+        code = str((parsed or {}).get("Error", {}).get("Code", ""))
+        if getattr(http, "status_code", 0) in THROTTLE_STATUSES or code in THROTTLE_CODES:
+            tuner.throttled()
+        return None
+
+    events = client.meta.events
+    event, unique_id = "needs-retry.s3.GetObject", f"ranged-throttle-{uuid.uuid4().hex}"
+    events.register(event, seen, unique_id=unique_id)
+    try:
+        yield
+    finally:
+        events.unregister(event, unique_id=unique_id)
