@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from .retry import RetryPolicy, is_transient
+from .retry import RetryPolicy, error_code, http_status, is_transient
 from .tuner import ConcurrencyTuner
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,27 @@ PROGRESS_INTERVAL = 0.1
 #: botocore's own retries.
 RANGE_RETRY = RetryPolicy(attempts=5, base_delay=0.2, max_delay=5.0)
 
+#: Error codes and HTTP statuses of a store asking for fewer requests.
+THROTTLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+    }
+)
+THROTTLE_STATUSES = frozenset({429, 503})
+
 #: ``fetch(start, length, write)``: GET ``[start, start + length)`` and pass its body to
 #: ``write`` in chunks of at most ``CHUNK_SIZE`` bytes, in order.
 Fetch = Callable[[int, int, Callable[[bytes], None]], None]
+
+
+def is_throttle(exc: BaseException) -> bool:
+    """Whether ``exc`` is the store asking for fewer requests (SlowDown, 503, 429)."""
+    return error_code(exc) in THROTTLE_CODES or http_status(exc) in THROTTLE_STATUSES
 
 
 def range_size_for(size: int) -> int:
@@ -168,6 +186,9 @@ class _RangeWriter:
             except Exception as exc:
                 if self.stop.is_set():
                     raise _Stopped from exc
+                if is_throttle(exc):
+                    # Usually seen already at botocore's tries; the tuner counts it once.
+                    self.tuner.throttled()
                 if attempt + 1 >= self.retry.attempts or not is_transient(exc):
                     raise
                 log.info("range at byte %d failed (%s); trying again from byte %d", start, exc, pos)

@@ -31,7 +31,7 @@ from botocore.exceptions import ClientError
 
 from ..errors import ArchiveError
 from .client import S3Client
-from .inplace import CHUNK_SIZE, download_into, range_size_for
+from .inplace import CHUNK_SIZE, THROTTLE_CODES, THROTTLE_STATUSES, download_into, range_size_for
 from .retry import error_code
 from .tuner import DEFAULT_CAP, DEFAULT_START, ConcurrencyTuner
 from .uri import parse_s3_uri
@@ -425,20 +425,6 @@ def _remove_on_failure(path: str) -> Callable[..., bool]:
         return False
 
     return remove
-
-
-#: Error codes and statuses of a store asking for fewer requests.
-THROTTLE_CODES = frozenset(
-    {
-        "SlowDown",
-        "ServiceUnavailable",
-        "Throttling",
-        "ThrottlingException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-    }
-)
-THROTTLE_STATUSES = frozenset({429, 503})
 
 
 @contextlib.contextmanager
