@@ -19,7 +19,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from serializer.formats import Format
-from serializer.s3.parts import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE, MIN_PART_SIZE, parse_size
+from serializer.s3.parts import DEFAULT_MAX_IN_FLIGHT, MIN_PART_SIZE, parse_size
+from serializer.s3.tuner import DEFAULT_CAP as MAX_CONNECTIONS
 
 from .scopes import parse_scopes
 
@@ -206,11 +207,19 @@ class Settings(BaseSettings):
         description="comma-separated s3://bucket/prefix list jobs may write (destinations, bulk reports); "
         "* allows every location (single-team deployments and tests only)",
     )
-    part_size: ByteSize = Field(
-        default=DEFAULT_PART_SIZE, ge=MIN_PART_SIZE, description="multipart part size (bytes, or e.g. 8MiB)"
+    part_size: ByteSize | None = Field(
+        default=None,
+        ge=MIN_PART_SIZE,
+        description="multipart part size (bytes, or e.g. 8MiB); unset: sized to the archive (8 MiB to 64 MiB, "
+        "8 MiB for a stream)",
     )
-    max_in_flight: int = Field(
-        default=DEFAULT_MAX_IN_FLIGHT, ge=1, le=64, description="parts uploading at once per export"
+    fixed_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CONNECTIONS,
+        validation_alias=AliasChoices("EXPORT_MAX_IN_FLIGHT", "max_in_flight"),
+        description="parts uploading at once per export, fixed; unset: tuned to the measured throughput "
+        f"(up to {MAX_CONNECTIONS} from a spool file, up to {DEFAULT_MAX_IN_FLIGHT} from a stream)",
     )
     upload_strategy: Literal["spool", "fifo"] = Field(
         default="spool", description="how archive bytes reach the uploader (docs/benchmarks.md)"
@@ -348,3 +357,9 @@ class Settings(BaseSettings):
     def backend_url(self) -> str:
         """The result backend, defaulting to the broker."""
         return self.result_backend or self.broker_url
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most parts one export uploads at once (size S3 connection pools to it):
+        ``EXPORT_MAX_IN_FLIGHT`` when set, else the tuner's cap."""
+        return self.fixed_in_flight or MAX_CONNECTIONS

@@ -26,6 +26,7 @@ from ..errors import ArchiveError, ObjectExists, UploadFailed
 from ..s3.client import S3Client
 from ..s3.multipart import UploadResult
 from ..s3.options import UploadOptions
+from ..s3.parts import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE
 from .info import check_extras
 from .upload import CONTENT_TYPE
 from .zipindex import ZipIndex, index_from_json
@@ -56,8 +57,9 @@ def save_through_fifo(
         "endpoint_url": client.meta.endpoint_url,
         "region_name": client.meta.region_name,
         "checksum_mode": getattr(client.meta.config, "request_checksum_calculation", None) or "when_supported",
-        "part_size": opts.part_size,
-        "max_in_flight": opts.max_in_flight,
+        # The child's writer buffers parts in memory: a fixed count keeps its bound stated.
+        "part_size": opts.part_size or DEFAULT_PART_SIZE,
+        "max_in_flight": opts.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
         "checksum_algorithm": opts.checksum_algorithm,
         "if_none_match": opts.if_none_match,
         "extra_args": {"ContentType": CONTENT_TYPE, **opts.extra_args},

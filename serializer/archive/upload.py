@@ -1,8 +1,12 @@
-"""Stream a saved archive file to S3 while indexing its zip: the spool path of every format."""
+"""Send a saved archive file to S3 while indexing its zip: the spool path of every format.
+
+The file is read once, in order, for the sha256 and the zip index (the writer's
+:meth:`~serializer.s3.multipart.MultipartWriter.send_file`); the parts are read from their
+ranges of the file while they are sent, so the parts in flight hold no buffers.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Mapping
 
@@ -12,8 +16,6 @@ from ..s3.options import UploadOptions
 from .info import check_extras
 from .zipindex import CentralDirectoryTooLarge, ZipIndex, ZipStreamIndexer
 
-#: Bytes read from the spool file per write to the uploader.
-READ_CHUNK = 1024**2
 #: Content type of stored archives (a zip).
 CONTENT_TYPE = "application/zip"
 
@@ -27,20 +29,17 @@ def upload_file(
     progress: Callable[[int], None] | None,
     extras: Mapping[str, bytes],
 ) -> tuple[UploadResult, ZipIndex]:
-    """Stream a saved archive at ``path`` to ``s3://bucket/key`` and index its zip; the
+    """Send a saved archive at ``path`` to ``s3://bucket/key`` and index its zip; the
     extra files are checked against the index before the object is committed."""
     size = os.path.getsize(path)
     # The spool can be read again, so local headers are read from it at the end instead of
     # searched for in every byte.
     indexer = ZipStreamIndexer(scan_headers=False)
     writer = opts.writer(client, bucket, key, content_type=CONTENT_TYPE, size_hint=size, progress=progress)
-    with writer, open(path, "rb", buffering=0) as f:
-        while chunk := f.read(READ_CHUNK):
-            indexer.feed(chunk)
-            writer.write(chunk)
-        with contextlib.suppress(AttributeError, OSError):
-            # The spool is read once; keep it from crowding the page cache.
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    # The file is opened first, so it is still open when the writer commits on leaving.
+    with open(path, "rb", buffering=0) as f, writer:
+        # One pass: each chunk is hashed by the writer and fed to the indexer, in order.
+        writer.send_file(f, on_chunk=indexer.feed)
 
         def read_at(offset: int, n: int) -> bytes:
             return os.pread(f.fileno(), n, offset)

@@ -1,8 +1,10 @@
-"""A seekable, read-only stream over a memoryview, so part bodies are sent without copies."""
+"""Seekable, read-only request bodies: over a memoryview (parts held in memory) and over a
+byte range of an open file (parts of a spool file, read while they are sent)."""
 
 from __future__ import annotations
 
 import io
+import os
 
 
 class MemoryBody(io.RawIOBase):
@@ -47,6 +49,81 @@ class MemoryBody(io.RawIOBase):
             raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
         base = bases[whence]
         self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+#: Most bytes one sized ``read(n)`` / ``readinto`` of a :class:`FileRangeBody` returns, so
+#: a part being sent costs a chunk of memory, not a part (botocore and http.client read
+#: bodies in chunks of 8 KiB to 1 MiB; only ``read()`` with no size reads the whole rest).
+FILE_READ_CHUNK = 1024**2
+
+
+class FileRangeBody(io.RawIOBase):
+    """Reads bytes ``offset..offset+length`` of the open file ``fd`` with ``pread``.
+
+    Positions are relative to the range (``seek(0)`` is its start), so botocore can rewind
+    it on a retry and compute checksums; ``pread`` leaves the file's own position alone, so
+    any number of bodies may read one descriptor from as many threads.  The descriptor is
+    the caller's: it must stay open while the body is read, and is never closed here.
+    """
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        super().__init__()
+        if offset < 0 or length < 0:
+            raise ValueError(f"bad range: offset {offset}, length {length}")
+        self._fd = fd
+        self._offset = offset
+        self._length = length
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _want(self, size: int) -> int:
+        return max(0, min(self._length - self._pos, size, FILE_READ_CHUNK))
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self._want(len(b))
+        if n <= 0:
+            return 0
+        got = os.preadv(self._fd, [memoryview(b).cast("B")[:n]], self._offset + self._pos)
+        if got == 0:
+            raise OSError(f"file ended {self._length - self._pos} bytes before the range's end")
+        self._pos += got
+        return got
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        n = self._want(size)
+        if n <= 0:
+            return b""
+        chunk = os.pread(self._fd, n, self._offset + self._pos)
+        if not chunk:
+            raise OSError(f"file ended {self._length - self._pos} bytes before the range's end")
+        self._pos += len(chunk)
+        return chunk
+
+    def readall(self) -> bytes:
+        chunks = []
+        while chunk := self.read(FILE_READ_CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}
+        if whence not in bases:
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
+        self._pos = max(0, bases[whence] + offset)
         return self._pos
 
     def tell(self) -> int:

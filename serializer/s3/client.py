@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import boto3
 from botocore.config import Config
 
+from .tuner import DEFAULT_CAP
+
 if TYPE_CHECKING:
     # boto3-stubs (a dev dependency) types the client; at run time it is boto3's own.
     from mypy_boto3_s3 import S3Client
@@ -24,7 +26,7 @@ BOTOCORE_ATTEMPTS = 3
 
 def make_s3_client(
     *,
-    max_pool_connections: int = 10,
+    max_pool_connections: int = DEFAULT_CAP,
     checksum_mode: ChecksumMode = "when_supported",
     endpoint_url: str | None = None,
     region_name: str | None = None,
@@ -34,9 +36,11 @@ def make_s3_client(
 ) -> S3Client:
     """An S3 client whose connection pool holds ``max_pool_connections`` connections.
 
-    Size the pool to at least the number of upload threads (a :class:`MultipartWriter`
-    uses ``max_in_flight``), or threads queue for connections and botocore warns that the
-    pool is full.  ``checksum_mode="when_required"`` stops boto3 from adding CRC trailers
+    Size the pool to at least the most requests a transfer keeps in flight (a
+    :class:`MultipartWriter` uses ``max_in_flight`` when fixed, else up to its tuner's cap,
+    :data:`~serializer.s3.tuner.DEFAULT_CAP` by default), or threads queue for connections
+    and botocore warns that the pool is full.  Connections are opened as needed, so a large
+    pool costs nothing until it is used.  ``checksum_mode="when_required"`` stops boto3 from adding CRC trailers
     and headers to every request, for S3-compatible stores that reject them.  The endpoint
     and credentials come from boto3's own chain (``AWS_ENDPOINT_URL_S3``,
     ``AWS_ACCESS_KEY_ID``, profiles) unless given.

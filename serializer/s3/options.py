@@ -8,15 +8,21 @@ from typing import Any
 
 from .client import S3Client
 from .multipart import ChecksumAlgorithm, MultipartWriter
-from .parts import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE
+from .tuner import DEFAULT_CAP
 
 
 @dataclass(frozen=True)
 class UploadOptions:
-    """How archive bytes go to S3 (see :class:`~serializer.s3.multipart.MultipartWriter`)."""
+    """How archive bytes go to S3 (see :class:`~serializer.s3.multipart.MultipartWriter`).
 
-    part_size: int = DEFAULT_PART_SIZE
-    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    ``part_size`` and ``max_in_flight`` are overrides: None (the default) sizes parts to
+    the object and tunes the parts in flight to the measured throughput, within
+    ``max_connections`` for a file and within 4 for a stream (whose parts are in memory).
+    """
+
+    part_size: int | None = None
+    max_in_flight: int | None = None
+    max_connections: int = DEFAULT_CAP
     checksum_algorithm: ChecksumAlgorithm | None = None
     if_none_match: bool = False
     extra_args: Mapping[str, Any] = field(default_factory=dict)
@@ -38,6 +44,7 @@ class UploadOptions:
             key,
             part_size=self.part_size,
             max_in_flight=self.max_in_flight,
+            max_connections=self.max_connections,
             size_hint=size_hint,
             checksum_algorithm=self.checksum_algorithm,
             if_none_match=self.if_none_match,

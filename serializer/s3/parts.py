@@ -5,6 +5,11 @@ When the object's size is known (or hinted), every part but the last has the sam
 chosen so the object fits in 10,000 parts.  When the size is unknown, parts stay equal
 for the first :data:`PARTS_PER_TIER` parts and then double each tier, so any object up to
 S3's 5 TiB ceiling still fits in 10,000 parts while small objects keep small parts.
+
+Unless a part size is set, an object of known size (a spool file) gets parts sized to it
+(:func:`auto_part_size`): enough parts that every connection the tuner may open has
+several to send, no fewer than 8 MiB and no more than 64 MiB each (grown past that only
+to stay within 10,000 parts).
 """
 
 from __future__ import annotations
@@ -15,8 +20,16 @@ import re
 #: Default part size: large enough that 1 GiB is 128 requests, small enough that the
 #: memory bound stays in the tens of MiB (see docs/benchmarks.md).
 DEFAULT_PART_SIZE = 8 * 1024**2
-#: Default parts in flight: saturates a local S3 endpoint on two cores (docs/benchmarks.md).
+#: Default parts in flight for parts held in memory (a stream: fifo, pt2 ``stream``): it
+#: saturates a local S3 endpoint on two cores (docs/benchmarks.md) and keeps such an upload's
+#: memory at ``part_size * (4 + 1)``.  Parts read from a file are tuned instead.
 DEFAULT_MAX_IN_FLIGHT = 4
+#: Parts per connection an upload of known size is cut into, so the tuner has parts to
+#: measure with and every connection at its cap stays busy to near the end.
+PARTS_PER_CONNECTION = 4
+#: Largest automatic part size: a part lost to a reset is resent whole, and at ~90 MB/s per
+#: connection 64 MiB is under a second of it.
+MAX_AUTO_PART_SIZE = 64 * 1024**2
 #: S3's smallest part (every part but the last must be at least this big).
 MIN_PART_SIZE = 5 * 1024**2
 #: S3's largest part.
@@ -59,6 +72,20 @@ def base_part_size(requested: int, size_hint: int | None = None) -> int:
     if size_hint is not None and size_hint > size * MAX_PARTS:
         size = math.ceil(size_hint / MAX_PARTS / _ROUND) * _ROUND
     return min(size, MAX_PART_SIZE)
+
+
+def auto_part_size(size: int | None, connections: int) -> int:
+    """Part size for an object of ``size`` bytes (None: unknown) sent on up to ``connections``.
+
+    Unknown sizes get :data:`DEFAULT_PART_SIZE` (and double past 1,000 parts, see
+    :func:`part_size_for`).  Known sizes are cut into about ``connections *
+    PARTS_PER_CONNECTION`` parts of :data:`DEFAULT_PART_SIZE` to :data:`MAX_AUTO_PART_SIZE`,
+    whole MiB, grown where needed to fit :data:`MAX_PARTS`.
+    """
+    if size is None:
+        return DEFAULT_PART_SIZE
+    target = math.ceil(size / max(1, connections * PARTS_PER_CONNECTION) / _ROUND) * _ROUND
+    return base_part_size(min(max(target, DEFAULT_PART_SIZE), MAX_AUTO_PART_SIZE), size)
 
 
 def part_size_for(part_number: int, base: int, size_hint: int | None = None) -> int:

@@ -15,7 +15,9 @@ def test_defaults_are_sane() -> None:
     assert s.broker_url == "redis://localhost:6379/0"
     assert s.backend_url == s.broker_url
     assert s.allowed_builders == DEFAULT_ALLOWED_BUILDERS
-    assert s.part_size == 8 * 1024**2
+    assert s.part_size is None  # sized to the archive
+    assert s.fixed_in_flight is None  # tuned
+    assert s.max_in_flight == 64  # the tuner's cap, what connection pools are sized to
     assert s.soft_time_limit < s.time_limit < s.visibility_timeout
     assert s.upload_strategy == "spool"
     assert s.conditional_publish is True
@@ -34,7 +36,7 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.backend_url == "redis://redis:6380/3"
     assert s.allowed_builders == ("acme.models", "acme.vision")
     assert s.part_size == 16 * 1024**2
-    assert s.max_in_flight == 6
+    assert s.max_in_flight == s.fixed_in_flight == 6
     assert s.upload_strategy == "fifo"
     assert s.s3_checksum_mode == "when_required"
 
@@ -56,7 +58,7 @@ def test_bad_values_are_refused_with_the_setting_named(monkeypatch: pytest.Monke
         Settings()
     text = str(info.value)
     field = name.removeprefix("EXPORT_").lower()
-    assert field in text or "EXPORT_TIME_LIMIT" in text
+    assert field in text.lower() or "EXPORT_TIME_LIMIT" in text
 
 
 def test_visibility_timeout_must_exceed_hard_limit(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,7 +37,9 @@ def upload_archive(
     """
     options = UploadOptions(
         part_size=settings.part_size,
-        max_in_flight=settings.max_in_flight,
+        max_in_flight=settings.fixed_in_flight,
+        # The client's pool is sized to the same number (worker.tasks.s3_client).
+        max_connections=settings.max_in_flight,
         checksum_algorithm=settings.checksum_algorithm,
         if_none_match=conditional,
     )
