@@ -15,7 +15,7 @@ than the connection's token bucket (``conn_rate`` bytes per second) and the shar
 plus its bytes over the rate, as on a long fat link; what is in flight per direction is
 bounded (the bandwidth-delay product plus one read), so a slow side pushes back through
 the kernel's buffers.  Without rates and delay it is a plain relay (its ceiling is what
-:func:`measure_ceiling` in the benchmarks reports).
+``benchmarks/_link_probe.py`` measures).
 
 Control: a second port (``--control-port``, its number in the ready file after the data
 port) takes one JSON line per connection and answers one: ``{"op": "stats"}`` (connections
