@@ -189,7 +189,7 @@ def _load(path: str, uri: str, pt2: bool, names: list[str]) -> tuple[Any, dict[s
         device = program_device(program)
         return program.module(), raw, device, f"torch.export.load (weights on {device})"
     wanted = [*names, BUILD_JSON, EXAMPLE_INPUTS, REFERENCE_OUTPUTS]
-    module, raw = load_torchscript_file(path, map_location="cpu", extra_names=wanted)
+    module, raw = load_torchscript_file(path, map_location="cpu", extra_names=wanted, source=uri)
     return module, raw, torch.device("cpu"), "torch.jit.load on the CPU"
 
 

@@ -55,6 +55,9 @@ SYMPY_KEYWORDS = frozenset(
 _SYMBOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 #: Methods a guard may call on an input (no arguments but integers).
 GUARD_METHODS = frozenset({"size", "stride", "storage_offset", "dim", "numel"})
+#: Builtins a guard may call on guard terms: torch writes ``max(...)`` for a dimension
+#: derived from a dynamic one (``reshape(n // 2, -1)``).
+GUARD_FUNCTIONS = frozenset({"max", "min"})
 #: Longest string checked; longer ones are refused (torch writes short ones).
 MAX_EXPRESSION = 64 * 1024
 
@@ -159,16 +162,25 @@ def _guard_node(node: ast.AST) -> None:
         if not (isinstance(key, ast.Constant) and type(key.value) in (int, str)):
             raise _Refused("a subscript that is not a constant")
         _guard_node(node.value)
-    elif (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr in GUARD_METHODS
-        and not node.keywords
-        and all(_number(arg) for arg in node.args)
-    ):
-        _guard_node(node.func.value)
+    elif isinstance(node, ast.Call):
+        _guard_call(node)
     else:
         raise _Refused(f"a {type(node).__name__}")
+
+
+def _guard_call(node: ast.Call) -> None:
+    """An input's shape method with integer arguments, or ``max``/``min`` of guard terms."""
+    if node.keywords:
+        raise _Refused("a call with keywords")
+    if isinstance(node.func, ast.Attribute) and node.func.attr in GUARD_METHODS:
+        if not all(_number(arg) for arg in node.args):
+            raise _Refused(f"{node.func.attr}() of something other than integers")
+        _guard_node(node.func.value)
+    elif isinstance(node.func, ast.Name) and node.func.id in GUARD_FUNCTIONS and len(node.args) >= 2:
+        for arg in node.args:
+            _guard_node(arg)
+    else:
+        raise _Refused("a Call")
 
 
 def _parse(text: object, what: str) -> ast.AST:

@@ -367,3 +367,17 @@ def test_deeply_nested_expressions_are_refused_as_archive_errors(text: str, chec
 def test_a_mebibyte_expression_is_refused_by_its_length() -> None:
     with pytest.raises(ArchiveError, match="at most"):
         check_sym_expr("Integer(" + "9" * MIB + ")")
+
+
+def test_a_guard_taking_the_max_or_min_of_sizes_passes_and_other_calls_do_not() -> None:
+    """torch writes ``max(...)`` in the guards of a dimension derived from a dynamic one."""
+    check_guard("max(2, L['x'].size()[0] // 2) <= L['x'].size()[0]")
+    check_guard("min(L['x'].size()[0], L['y'].size()[1]) >= 1")
+    for hostile in (
+        "max(__import__('os').system('id'), 1) > 0",
+        "max(L['x'].size()[0], key=print) > 0",
+        "max(L['x']) > 0",
+        "sorted(L['x'].size()[0], 1) > 0",
+    ):
+        with pytest.raises(ArchiveError):
+            check_guard(hostile)
