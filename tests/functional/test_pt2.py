@@ -493,7 +493,12 @@ def test_a_tampered_extra_file_fails_verification_at_the_checksum(s3: Any, bucke
     tamper_with_extra_file(s3, result["artifact_uri"], "labels.txt")
     report = verify_artifact(s3, result["artifact_uri"])
     assert not report.ok
-    assert [(s.name, s.ok) for s in report.steps] == [("manifest", True), ("signature", True), ("compatibility", True), ("checksum", False)]
+    assert [(s.name, s.ok) for s in report.steps] == [
+        ("manifest", True),
+        ("signature", True),
+        ("compatibility", True),
+        ("checksum", False),
+    ]
     assert "sha256" in report.steps[-1].detail
 
 
