@@ -112,3 +112,19 @@ def test_the_default_width_never_passes_the_client_pool(
     assert path.read_bytes() == data
     assert in_flight.peak <= 4
     assert proxy.stats()["faults"].get("GetObject", {}).get("slowdown", 0) > 0
+
+
+def test_a_slowdown_botocore_retried_itself_still_tells_the_tuner(
+    s3: Any, bucket: str, proxy: ProxyHandle, tmp_path: Any
+) -> None:
+    data = randbytes(4 * RANGE, seed=23)
+    s3.put_object(Bucket=bucket, Key="obj.bin", Body=data)
+    proxy.configure(rate=1.0, limit=1, reset=True)
+    client = make_s3_client(endpoint_url=proxy.url, max_pool_connections=POOL)
+    tuner = ConcurrencyTuner(start=4, cap=CAP)
+    path = tmp_path / "obj.bin"
+    download_checked(client, f"s3://{bucket}/obj.bin", str(path), sha256=hashlib.sha256(data).hexdigest(), tuner=tuner)
+    assert path.read_bytes() == data
+    assert proxy.stats()["faults"]["GetObject"] == {"slowdown": 1}
+    assert tuner.throttles == 1, "botocore's own retry hid the SlowDown from the tuner"
+    assert tuner.limit == 2
