@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import ObjectExists
 from ..s3.client import make_s3_client
 from ..s3.multipart import MultipartWriter
+from ..s3.parts import DEFAULT_MAX_IN_FLIGHT
 from .zipindex import ZipStreamIndexer, index_to_json
 
 #: Bytes read from the pipe at a time.
@@ -37,7 +38,7 @@ def main() -> int:
         endpoint_url=config["endpoint_url"],
         region_name=config["region_name"],
         checksum_mode=config["checksum_mode"],
-        max_pool_connections=config["max_in_flight"],
+        max_pool_connections=config["max_in_flight"] or DEFAULT_MAX_IN_FLIGHT,
     )
     writer = MultipartWriter(
         client,

@@ -26,7 +26,7 @@ from ..errors import ArchiveError, ObjectExists, UploadFailed
 from ..s3.client import S3Client
 from ..s3.multipart import UploadResult
 from ..s3.options import UploadOptions
-from ..s3.parts import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE
+from ..s3.parts import DEFAULT_PART_SIZE
 from .info import check_extras
 from .upload import CONTENT_TYPE
 from .zipindex import ZipIndex, index_from_json
@@ -57,9 +57,11 @@ def save_through_fifo(
         "endpoint_url": client.meta.endpoint_url,
         "region_name": client.meta.region_name,
         "checksum_mode": getattr(client.meta.config, "request_checksum_calculation", None) or "when_supported",
-        # The child's writer buffers parts in memory: a fixed count keeps its bound stated.
+        # The child's writer buffers parts in memory: a stream is tuned within the default
+        # count (part_size * (4 + 1)), or fixed where the options say so; either way its
+        # limit falls on throttling.
         "part_size": opts.part_size or DEFAULT_PART_SIZE,
-        "max_in_flight": opts.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
+        "max_in_flight": opts.max_in_flight,
         "checksum_algorithm": opts.checksum_algorithm,
         "if_none_match": opts.if_none_match,
         "extra_args": {"ContentType": CONTENT_TYPE, **opts.extra_args},

@@ -228,7 +228,7 @@ def export_pt2(
     each weight twice before writing it, whatever the target).
 
     Args:
-        client: boto3 S3 client (pool sized to ``options.max_in_flight``).
+        client: boto3 S3 client (its pool caps the connections a tuned upload may use).
         extra_files: archive name -> contents; UTF-8 text only.
         strategy: ``"stream"`` or ``"spool"`` (see the module docstring).
         spool_dir: where the ``spool`` path's temporary archive lives.

@@ -61,7 +61,7 @@ def export_torchscript(
     writer's bound, ``part_size * (max_in_flight + 1)``, plus the zip index's tail.
 
     Args:
-        client: boto3 S3 client (pool sized to ``options.max_in_flight``).
+        client: boto3 S3 client (its pool caps the connections a tuned upload may use).
         extra_files: archive name -> contents (text is stored as UTF-8).
         strategy: ``"spool"`` or ``"fifo"`` (see the module docstring).
         spool_dir: where the temporary archive or pipe lives (default: the system's temp
