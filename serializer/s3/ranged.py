@@ -314,9 +314,10 @@ def download_checked(
     ``tuner``'s slots decide how many ranges are in flight (default: :func:`default_tuner`,
     which grows from 4 while throughput grows, up to the client's connection pool;
     ``ConcurrencyTuner(fixed=n)`` for exactly ``n``); it is told of every chunk that
-    arrives and of every SlowDown, 503 or 429 a GET meets, botocore's retried ones included.  ``range_size`` defaults to
-    :func:`~serializer.s3.inplace.range_size_for` the object's size.  ``progress`` is
-    called in this thread with the bytes that arrived since its last call.
+    arrives and of every SlowDown, 503 or 429 a GET meets, botocore's retried ones
+    included.  ``range_size`` defaults to :func:`~serializer.s3.inplace.range_size_for`
+    the object's size.  ``progress`` is called in this thread with the bytes that arrived
+    since its last call.
 
     On any failure the file is removed and no thread of the download is left running.
 
