@@ -7,12 +7,13 @@ import io
 import os
 
 
-class MemoryBody(io.RawIOBase):
-    """Reads ``view`` without copying it whole; seekable so botocore can rewind on retry."""
+class _SeekableBody(io.RawIOBase):
+    """What both bodies share: ``_length`` bytes, read from position ``_pos``, which
+    ``seek`` moves (botocore rewinds a body to retry or to compute a checksum)."""
 
-    def __init__(self, view: memoryview) -> None:
+    def __init__(self, length: int) -> None:
         super().__init__()
-        self._view = view
+        self._length = length
         self._pos = 0
 
     def readable(self) -> bool:
@@ -22,7 +23,25 @@ class MemoryBody(io.RawIOBase):
         return True
 
     def __len__(self) -> int:
-        return len(self._view)
+        return self._length
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}
+        if whence not in bases:
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
+        self._pos = max(0, bases[whence] + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+class MemoryBody(_SeekableBody):
+    """Reads ``view`` without copying it whole; seekable so botocore can rewind on retry."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__(len(view))
+        self._view = view
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         n = min(len(b), len(self._view) - self._pos)
@@ -43,17 +62,6 @@ class MemoryBody(io.RawIOBase):
     def readall(self) -> bytes:
         return self.read(-1)
 
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}
-        if whence not in bases:
-            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
-        base = bases[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
 
 #: Most bytes one sized ``read(n)`` / ``readinto`` of a :class:`FileRangeBody` returns, so
 #: a part being sent costs a chunk of memory, not a part (botocore and http.client read
@@ -61,7 +69,7 @@ class MemoryBody(io.RawIOBase):
 FILE_READ_CHUNK = 1024**2
 
 
-class FileRangeBody(io.RawIOBase):
+class FileRangeBody(_SeekableBody):
     """Reads bytes ``offset..offset+length`` of the open file ``fd`` with ``pread``.
 
     Positions are relative to the range (``seek(0)`` is its start), so botocore can rewind
@@ -71,22 +79,11 @@ class FileRangeBody(io.RawIOBase):
     """
 
     def __init__(self, fd: int, offset: int, length: int) -> None:
-        super().__init__()
         if offset < 0 or length < 0:
             raise ValueError(f"bad range: offset {offset}, length {length}")
+        super().__init__(length)
         self._fd = fd
         self._offset = offset
-        self._length = length
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def __len__(self) -> int:
-        return self._length
 
     def _want(self, size: int) -> int:
         return max(0, min(self._length - self._pos, size, FILE_READ_CHUNK))
@@ -118,13 +115,3 @@ class FileRangeBody(io.RawIOBase):
         while chunk := self.read(FILE_READ_CHUNK):
             chunks.append(chunk)
         return b"".join(chunks)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}
-        if whence not in bases:
-            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
-        self._pos = max(0, bases[whence] + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
