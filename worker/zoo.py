@@ -92,6 +92,21 @@ def timm_model(name: str, seed: int = 0, **kwargs: Any) -> nn.Module:
     return module
 
 
+def _model_class(transformers: Any, class_name: str) -> Any:
+    """The PreTrainedModel subclass of transformers named ``class_name``.
+
+    Raises:
+        ValueError: no such name, or not a model class.
+    """
+    try:  # transformers' namespace is lazy: a class is imported when first asked for
+        cls = getattr(transformers, class_name) if class_name.isidentifier() else None
+    except (AttributeError, ImportError, RuntimeError):
+        cls = None
+    if not (inspect.isclass(cls) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ValueError(f"{class_name!r} is not a model class of transformers (a PreTrainedModel subclass)")
+    return cls
+
+
 @register_builder
 def transformers_model(class_name: str, config: dict[str, Any] | None = None, seed: int = 0) -> nn.Module:
     """A transformers model of class ``class_name`` (``BertModel``, ``GPT2LMHeadModel``,
@@ -111,13 +126,7 @@ def transformers_model(class_name: str, config: dict[str, Any] | None = None, se
     for key, value in OFFLINE_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     transformers = _library("transformers", "transformers")
-    cls: Any
-    try:  # transformers' namespace is lazy: a class is imported when first asked for
-        cls = getattr(transformers, class_name) if class_name.isidentifier() else None
-    except (AttributeError, ImportError, RuntimeError):
-        cls = None
-    if not (inspect.isclass(cls) and issubclass(cls, transformers.PreTrainedModel)):
-        raise ValueError(f"{class_name!r} is not a model class of transformers (a PreTrainedModel subclass)")
+    cls = _model_class(transformers, class_name)
     settings = {**TRANSFORMERS_DEFAULTS, **(config or {})}
     model_type = settings.pop("model_type", None)
     built_config = (
