@@ -24,6 +24,7 @@ from .inputs import (
     value_shape,
 )
 from .limits import MAX_JSON_BYTES, MAX_TOTAL_ELEMENTS, check_depth
+from .serving import TritonTarget, check_triton_target
 
 #: What an export's name may hold; it is a segment of the export's keys (worker.keys).
 NAME_PATTERN = r"[A-Za-z0-9._-]{1,128}"
@@ -34,7 +35,7 @@ _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d{1,2})$")
 
 #: Spec fields added after the first release, left out of the spec's JSON (and so of its
 #: hash and keys) while they hold their default: every earlier spec keeps its hash.
-_OMITTED_AT_DEFAULT = {"format": DEFAULT_FORMAT, "dynamic_shapes": None}
+_OMITTED_AT_DEFAULT = {"format": DEFAULT_FORMAT, "dynamic_shapes": None, "triton": None}
 
 
 class ExportSpec(Strict):
@@ -57,6 +58,9 @@ class ExportSpec(Strict):
     format: Format = Field(default=DEFAULT_FORMAT, description="archive format: torchscript or pt2 (torch.export)")
     dynamic_shapes: list[InputDims | None] | None = Field(
         default=None, description="pt2 only: per example input, its dynamic dimensions"
+    )
+    triton: TritonTarget | None = Field(
+        default=None, description="torchscript only: also publish the export into this Triton model repository"
     )
 
     @field_validator("name")
@@ -125,6 +129,7 @@ class ExportSpec(Strict):
             self._check_pt2()
         elif self.dynamic_shapes is not None:
             raise ValueError("dynamic_shapes apply to format 'pt2' only")
+        check_triton_target(self.triton, fmt=self.format, has_inputs=bool(self.example_inputs))
         return self
 
     def _check_pt2(self) -> None:
@@ -204,6 +209,7 @@ class ExportSpec(Strict):
         data["format"] = target
         if target == "pt2":
             data.pop("method", None)
+            data.pop("triton", None)  # Triton loads TorchScript only
         else:
             data.pop("dynamic_shapes", None)
         return parse_spec(data)
