@@ -25,6 +25,7 @@ from ..keys import Keys, export_keys, staging_uri
 from ..settings import Settings
 from ..signing import signing_key, worker_trust
 from ..spec import ExportSpec
+from ..triton import check_triton_scopes, publish_spec_export
 from .capture import Built, build, capture
 from .dead_uploads import abort_dead_uploads, aborted_by_holder
 from .extras import check_extras_for_format, resolve_extra_files
@@ -48,6 +49,34 @@ log = logging.getLogger(__name__)
 
 
 def run_export(
+    spec: ExportSpec,
+    *,
+    settings: Settings,
+    client: S3Client,
+    progress: Progress | None = None,
+    replace: bool = False,
+    exclusive: bool = False,
+    other_running: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """The export (:func:`export_to_store`), then, where the spec's ``triton`` option asks,
+    its publication into that Triton repository (in the result's ``triton``); an export
+    found done is published too, so a job run again publishes again.
+
+    Raises:
+        ScopeError: the Triton repository outside the write scopes, before any work.
+        TritonError: the export is done but cannot be published to Triton.
+        As :func:`export_to_store` otherwise.
+    """
+    check_triton_scopes(spec, settings.write_scopes)
+    result = export_to_store(
+        spec, settings=settings, client=client, progress=progress, replace=replace, exclusive=exclusive,
+        other_running=other_running,
+    )  # fmt: skip
+    published = publish_spec_export(client, spec, result, settings.write_scopes)
+    return result if published is None else {**result, "triton": published}
+
+
+def export_to_store(
     spec: ExportSpec,
     *,
     settings: Settings,
