@@ -3,6 +3,7 @@ the server-side copy, the generated config, versions written once, scopes, .pt2 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -131,3 +132,23 @@ def test_a_config_that_cannot_be_written_takes_the_copy_back(s3: Any, bucket: st
     with pytest.raises(ClientError, match="injected"):
         publish_to_triton(FailingConfigWrites(s3), done["artifact_uri"], f"s3://{bucket}/triton", "m", 1)
     assert not [k for k in object_keys(s3, bucket) if k.startswith("triton/")]
+
+
+def test_exportctl_triton_publishes_and_refuses_with_one_line(
+    s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cli import main
+
+    done = run_export(tiny(bucket), settings=settings(), client=s3)
+    pt2 = run_export(tiny(bucket, format="pt2"), settings=settings(), client=s3)
+    monkeypatch.setenv("EXPORT_WRITE_SCOPES", f"s3://{bucket}/triton")
+    repo = f"s3://{bucket}/triton"
+    assert main(["triton", done["artifact_uri"], "--repository", repo, "--model", "m", "--version", "5"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {"config_uri": f"{repo}/m/config.pbtxt", "copied": True, "model_uri": f"{repo}/m/5/model.pt"}
+    assert main(["triton", pt2["artifact_uri"], "--repository", repo, "--model", "p", "--version", "1"]) == 1
+    assert "loads TorchScript only" in capsys.readouterr().err
+    outside = f"s3://{bucket}/elsewhere"
+    assert main(["triton", done["manifest_uri"], "--repository", outside, "--model", "m", "--version", "1"]) == 1
+    assert "outside EXPORT_WRITE_SCOPES" in capsys.readouterr().err
+    assert not [k for k in object_keys(s3, bucket) if k.startswith(("triton/p/", "elsewhere/"))]

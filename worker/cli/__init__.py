@@ -2,7 +2,7 @@
 
 :mod:`.parser` holds the command line; the commands live by concern: :mod:`.consumer`
 (``ls``, ``show``, ``verify``, ``extra``), :mod:`.jobs` (``submit``, ``status``,
-``reexport``) and :mod:`.demo`.
+``reexport``), :mod:`.triton` and :mod:`.demo`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from serializer.errors import SerializerError
 
 from ..errors import ExportError
-from . import consumer, demo, jobs
+from . import consumer, demo, jobs, triton
 from .consumer import list_manifests
 from .output import CommandError, print_error
 from .parser import build_parser
@@ -33,6 +33,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "verify": consumer.verify,
     "extra": consumer.extra,
     "reexport": jobs.reexport,
+    "triton": triton.triton,
 }
 
 

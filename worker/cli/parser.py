@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_key(extra)
 
     _add_reexport(sub)
+    _add_triton(sub)
     return parser
 
 
@@ -89,3 +90,15 @@ def _add_reexport(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     reexport.add_argument("--report-to", default=None, help="s3://bucket/prefix for the run's report")
     reexport.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait with --wait")
     reexport.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per candidate")
+
+
+def _add_triton(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    triton = sub.add_parser("triton", help="publish a TorchScript export into a Triton model repository in S3")
+    triton.add_argument("uri", help="s3:// URI of the artifact (.pt) or its manifest")
+    triton.add_argument("--repository", required=True, help="s3://bucket/prefix of the Triton model repository")
+    triton.add_argument("--model", required=True, help="the model's name (its folder in the repository)")
+    triton.add_argument("--version", type=int, required=True, help="the version folder (written once)")
+    triton.add_argument(
+        "--max-batch-size", type=int, default=0, metavar="B", help="Triton batching: dimension 0 is the batch (0: off)"
+    )
+    _add_key(triton)
