@@ -27,10 +27,9 @@ from .allowlist import register_builder
 #: Keyword arguments that make torchvision or timm fetch (or read) pretrained weights; the
 #: worker loads weights from the spec's ``weights`` only, never from a hub.
 DOWNLOAD_ARGUMENTS = frozenset({"weights", "weights_backbone", "pretrained", "pretrained_cfg", "checkpoint_path"})
-#: Config values set unless the spec's config gives its own: plain tuples out (a TorchScript or
-#: .pt2 archive of them loads without transformers, and the build record saves them), and no
-#: key/value cache among the outputs (a cache object is neither traceable nor a tensor).
-TRANSFORMERS_DEFAULTS: Mapping[str, Any] = {"return_dict": False, "use_cache": False}
+#: Config values set unless the spec's config gives its own: no key/value cache among the
+#: outputs (a cache object is neither traceable nor a tensor).
+TRANSFORMERS_DEFAULTS: Mapping[str, Any] = {"use_cache": False}
 #: Environment that keeps transformers and huggingface_hub off the network, set before either
 #: is imported by a builder.
 OFFLINE_ENVIRONMENT: Mapping[str, str] = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -108,14 +107,18 @@ def _model_class(transformers: Any, class_name: str) -> Any:
 
 
 @register_builder
-def transformers_model(class_name: str, config: dict[str, Any] | None = None, seed: int = 0) -> nn.Module:
+def transformers_model(
+    class_name: str, config: dict[str, Any] | None = None, seed: int = 0, tuple_outputs: bool = True
+) -> nn.Module:
     """A transformers model of class ``class_name`` (``BertModel``, ``GPT2LMHeadModel``,
     ``ViTForImageClassification``) built from ``config``, with random weights from ``seed``.
 
     ``config`` is the model's ``config.json`` as a dict: with its ``model_type`` it is
     ``AutoConfig.for_model(**config)``, without, the class's own config class.  Unless it
-    says otherwise, ``return_dict`` and ``use_cache`` are off (:data:`TRANSFORMERS_DEFAULTS`):
-    the model returns a tuple of tensors.  Nothing is fetched from a hub: no
+    says otherwise, ``use_cache`` is off (:data:`TRANSFORMERS_DEFAULTS`); with
+    ``tuple_outputs`` the model is called with ``return_dict=False`` and returns a tuple of
+    tensors (which a TorchScript or .pt2 archive returns without transformers, and the build
+    record saves as plain tensors).  Nothing is fetched from a hub: no
     ``from_pretrained``, and the hub is switched off (:data:`OFFLINE_ENVIRONMENT`).
 
     Raises:
@@ -141,4 +144,13 @@ def transformers_model(class_name: str, config: dict[str, Any] | None = None, se
         )
     _seeded(seed)
     module: nn.Module = cls(built_config)
+    if tuple_outputs:
+        module.register_forward_pre_hook(_tuple_outputs, with_kwargs=True)
     return module
+
+
+def _tuple_outputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Every call with ``return_dict=False``: a tuple of tensors out.  Asked per call, not set
+    in the config, where transformers 5 models that wrap another (``GPT2LMHeadModel``,
+    ``BartModel``) would get a tuple from the inner one and fail."""
+    return args, {**kwargs, "return_dict": False}

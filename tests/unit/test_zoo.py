@@ -43,7 +43,7 @@ TIMM_MISSING = _importable("timm")
 def test_transformers_model_from_an_inline_config_returns_plain_tuples() -> None:
     model = transformers_model("BertModel", TINY_BERT, seed=3).eval()
     assert type(model).__name__ == "BertModel"
-    assert model.config.hidden_size == 16 and model.config.return_dict is False
+    assert model.config.hidden_size == 16 and model.config.use_cache is False
     out = model(torch.randint(0, 64, (2, 5)))
     assert isinstance(out, tuple) and out[0].shape == (2, 5, 16)
 
@@ -62,8 +62,20 @@ def test_transformers_model_config_without_model_type_uses_the_class_config() ->
 
 
 def test_the_spec_config_overrides_the_defaults() -> None:
-    model = transformers_model("BertModel", {**TINY_BERT, "return_dict": True})
-    assert model.config.return_dict is True
+    model = transformers_model("BertModel", {**TINY_BERT, "use_cache": True})
+    assert model.config.use_cache is True
+
+
+def test_a_wrapping_model_returns_tuples_too() -> None:
+    gpt2 = {"model_type": "gpt2", "vocab_size": 64, "n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 16}
+    model = transformers_model("GPT2LMHeadModel", {**gpt2, "bos_token_id": 0, "eos_token_id": 0})
+    out = model(torch.zeros(1, 4).long())
+    assert isinstance(out, tuple) and out[0].shape == (1, 4, 64)
+
+
+def test_model_outputs_without_tuple_outputs() -> None:
+    out = transformers_model("BertModel", TINY_BERT, tuple_outputs=False)(torch.zeros(1, 4).long())
+    assert type(out).__name__ == "BaseModelOutputWithPoolingAndCrossAttentions"
 
 
 @pytest.mark.parametrize("name", ["AutoConfig", "BertConfig", "pipeline", "os", "__class__", "NoSuchModel", "a.b"])
