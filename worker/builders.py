@@ -6,23 +6,19 @@ import hashlib
 import importlib.util
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from botocore.exceptions import ClientError
 from celery.exceptions import SoftTimeLimitExceeded
 from torch.export import Dim
 
-from serializer.s3.client import S3Client
-from serializer.s3.retry import error_code
-from serializer.s3.uri import parse_s3_uri
 from serializer.torchscript.save import quiet_torchscript_deprecation
 
 from .allowlist import check_allowed, resolve_builder
 from .errors import BuildFailed, DeviceUnavailable, ScriptingFailed, TorchExportFailed
 from .spec import INT_DTYPES, DimSpec, ExportSpec, InputDims, TensorSpec
+from .weights import load_weights as load_weights  # noqa: PLC0414  (re-exported for existing callers)
 
 log = logging.getLogger(__name__)
 
@@ -109,40 +105,6 @@ def build_module(spec: ExportSpec, allowed: Sequence[str], device: torch.device)
     if not isinstance(module, torch.nn.Module):
         raise BuildFailed(f"builder {spec.builder!r} returned {type(module).__name__}, not a torch.nn.Module")
     return module
-
-
-def load_weights(module: torch.nn.Module, client: S3Client, uri: str, spool_dir: str | None = None) -> None:
-    """Load a state_dict from S3 into ``module`` with ``torch.load(weights_only=True)``.
-
-    The checkpoint goes to a temporary file (memory-mapped by torch, not read into memory),
-    and ``weights_only=True`` refuses any pickle that would run code.
-
-    Raises:
-        BuildFailed: missing object, not a state_dict, a pickle that is not plain weights,
-            or keys and shapes that do not match the module.
-    """
-    target = parse_s3_uri(uri)
-    with tempfile.TemporaryDirectory(prefix="export-worker-weights-", dir=spool_dir) as tmp:
-        path = os.path.join(tmp, "weights.pt")
-        try:
-            client.download_file(target.bucket, target.key, path)
-        except ClientError as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NoSuchBucket", "403", "AccessDenied"):
-                # One message for missing and forbidden: which of the two it is is not the submitter's to learn.
-                raise BuildFailed(f"weights {uri} cannot be read") from None
-            raise
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:
-            raise BuildFailed(
-                f"weights {uri} are not a plain state_dict (weights_only=True refused it): {exc}"
-            ) from exc
-        if not isinstance(state, dict):
-            raise BuildFailed(f"weights {uri} hold a {type(state).__name__}, not a state_dict")
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as exc:
-            raise BuildFailed(f"weights {uri} do not fit the module: {exc}") from exc
 
 
 def example_inputs(specs: Sequence[TensorSpec], seed: int, device: torch.device) -> tuple[torch.Tensor, ...]:
