@@ -16,7 +16,7 @@ from .spec import ExportSpec, ExtraURI
 
 def check_spec_scopes(spec: ExportSpec, settings: Settings) -> None:
     """Refuse ``spec`` unless its weights and extra files lie in the read scopes and its
-    destination in the write scopes.
+    destination (and Triton repository, where it names one) in the write scopes.
 
     Raises:
         ScopeError: the first field out of scope (``extra_files.labels.txt: s3://other/x is
@@ -28,6 +28,8 @@ def check_spec_scopes(spec: ExportSpec, settings: Settings) -> None:
         if isinstance(source, ExtraURI):
             check_read(settings.read_scopes, source.uri, f"extra_files.{name}")
     check_write(settings.write_scopes, spec.destination, "destination")
+    if spec.triton is not None:
+        check_write(settings.write_scopes, spec.triton.repository, "triton.repository")
 
 
 def check_run_scopes(source: str, report_uri: str, settings: Settings, *, report_field: str = "report_to") -> None:

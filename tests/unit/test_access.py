@@ -137,3 +137,12 @@ def test_submit_export_refuses_with_the_submitters_settings_and_sends_nothing(mo
     assert sent == []
     tasks.submit_export(spec_data(), settings=scoped())
     assert len(sent) == 1, "the spec inside its scopes is sent"
+
+
+def test_a_triton_repository_outside_the_write_scopes_is_refused_by_name() -> None:
+    inputs = {"example_inputs": [{"shape": [2, 16], "dtype": "float32"}]}
+    inside = parse_spec(spec_data(**inputs, triton={"repository": f"{WRITE}/triton", "version": 1}))
+    check_spec_scopes(inside, scoped())
+    outside = parse_spec(spec_data(**inputs, triton={"repository": "s3://team-b/triton", "version": 1}))
+    with pytest.raises(ScopeError, match=r"triton\.repository"):
+        check_spec_scopes(outside, scoped())
