@@ -208,3 +208,27 @@ def test_a_spec_may_name_safetensors_and_snapshots_and_keeps_them_as_given(weigh
     spec = parse_spec(data)
     assert spec.weights == weights
     assert spec.to_json_dict()["weights"] == weights
+
+
+def test_the_public_names_of_worker_weights() -> None:
+    import worker.builders
+    import worker.weights
+
+    assert worker.weights.__all__ == [
+        "MAX_HEADER_BYTES",
+        "MAX_INDEX_BYTES",
+        "MAX_SHARDS",
+        "MAX_SNAPSHOT_FILES",
+        "SNAPSHOT_WEIGHTS",
+        "Fit",
+        "TensorInfo",
+        "check_shard_name",
+        "fit_checkpoint",
+        "header_length",
+        "load_weights",
+        "parse_header",
+        "parse_index",
+        "snapshot_files",
+        "weights_kind",
+    ]
+    assert worker.builders.load_weights is worker.weights.load_weights  # existing callers keep their import
