@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from torch.export import Dim
 
+from serializer.pt2.pytree import foreign_types, to_plain
 from serializer.torchscript.save import quiet_torchscript_deprecation
 
 from .allowlist import check_allowed, resolve_builder
@@ -107,45 +110,146 @@ def build_module(spec: ExportSpec, allowed: Sequence[str], device: torch.device)
     return module
 
 
-def example_inputs(specs: Sequence[TensorSpec], seed: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Tensors for the spec's example inputs: given values, or synthesized from a seeded generator."""
+@dataclass(frozen=True)
+class ExampleInputs:
+    """A module's example inputs as it is called with them: ``module(*args, **kwargs)``;
+    each is a tensor, or a list or dict of them (nested)."""
+
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.args) or bool(self.kwargs)
+
+    def to(self, device: torch.device | str) -> ExampleInputs:
+        """These inputs, every tensor detached and moved to ``device``."""
+        return ExampleInputs(
+            args=tuple(map_tensors(a, lambda t: t.detach().to(device)) for a in self.args),
+            kwargs={k: map_tensors(v, lambda t: t.detach().to(device)) for k, v in self.kwargs.items()},
+        )
+
+    def bound(self, module: torch.nn.Module) -> dict[str, Any]:
+        """All the inputs by the names of ``module.forward``'s parameters (what
+        ``torch.jit.trace`` takes where some are given by keyword).
+
+        Raises:
+            ScriptingFailed: they do not bind to the parameters of ``forward``, or it takes
+                ``*args`` or ``**kwargs``.
+        """
+        try:
+            signature = inspect.signature(module.forward)
+            bound = signature.bind(*self.args, **self.kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ScriptingFailed(f"example inputs do not fit {type(module).__name__}.forward: {exc}") from exc
+        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        if any(signature.parameters[name].kind in variadic for name in bound.arguments):
+            raise ScriptingFailed(
+                f"{type(module).__name__}.forward takes *args or **kwargs: torch.jit.trace cannot take inputs by "
+                "keyword for it; give them all positionally (example_inputs)"
+            )
+        return dict(bound.arguments)
+
+
+def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with ``fn`` applied to each tensor in it (in lists, tuples and dicts)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, list | tuple):
+        return type(value)(map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
+def example_inputs(specs: Sequence[Any], seed: int, device: torch.device) -> tuple[Any, ...]:
+    """The positional example inputs of a spec: given values, or synthesized from a seeded
+    generator; a list or dict entry becomes a list or dict of tensors."""
+    args: tuple[Any, ...] = example_args(specs, None, seed, device).args
+    return args
+
+
+def example_args(
+    positional: Sequence[Any] | None, keyword: Mapping[str, Any] | None, seed: int, device: torch.device
+) -> ExampleInputs:
+    """A spec's example inputs, positional and by keyword, from one seeded generator: the
+    positional ones first, in order, then the keyword ones by sorted name (each dict's
+    entries too, so that specs with equal hashes get equal tensors).
+
+    Raises:
+        BuildFailed: a given ``value`` is not a tensor of its dtype.
+    """
     gen = torch.Generator().manual_seed(seed)
-    out = []
-    for item in specs:
-        dtype = getattr(torch, item.dtype)
-        if item.value is not None:
-            try:
-                tensor = torch.tensor(item.value, dtype=dtype)
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise BuildFailed(f"example input value is not a {item.dtype} tensor: {exc}") from exc
-        elif item.dtype in INT_DTYPES:
-            low, high = item.int_bounds()
-            tensor = torch.randint(low, high, tuple(item.shape or ()), generator=gen, dtype=dtype)
-        elif item.dtype == "bool":
-            tensor = torch.randint(0, 2, tuple(item.shape or ()), generator=gen).bool()
-        else:
-            tensor = torch.randn(tuple(item.shape or ()), generator=gen, dtype=torch.float32).to(dtype)
-        out.append(tensor.to(device))
-    return tuple(out)
+    args = tuple(_synthesize(entry, gen, device) for entry in positional or [])
+    kwargs = {name: _synthesize((keyword or {})[name], gen, device) for name in sorted(keyword or {})}
+    return ExampleInputs(args=args, kwargs=kwargs)
 
 
-def to_torchscript(module: torch.nn.Module, method: str, inputs: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
-    """Script (or trace with ``inputs``) an eval-mode module.
+def _synthesize(entry: Any, gen: torch.Generator, device: torch.device) -> Any:
+    if isinstance(entry, list):
+        return [_synthesize(item, gen, device) for item in entry]
+    if isinstance(entry, dict):
+        return {name: _synthesize(entry[name], gen, device) for name in sorted(entry)}
+    return _tensor(entry, gen).to(device)
+
+
+def _tensor(item: TensorSpec, gen: torch.Generator) -> torch.Tensor:
+    dtype = getattr(torch, item.dtype)
+    if item.value is not None:
+        try:
+            return torch.tensor(item.value, dtype=dtype)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise BuildFailed(f"example input value is not a {item.dtype} tensor: {exc}") from exc
+    if item.dtype in INT_DTYPES:
+        low, high = item.int_bounds()
+        return torch.randint(low, high, tuple(item.shape or ()), generator=gen, dtype=dtype)
+    if item.dtype == "bool":
+        return torch.randint(0, 2, tuple(item.shape or ()), generator=gen).bool()
+    return torch.randn(tuple(item.shape or ()), generator=gen, dtype=torch.float32).to(dtype)
+
+
+def to_torchscript(
+    module: torch.nn.Module, method: str, inputs: ExampleInputs | tuple[Any, ...], *, strict: bool = True
+) -> torch.jit.ScriptModule:
+    """Script (or trace with ``inputs``) an eval-mode module.  A trace takes inputs given by
+    keyword by the names of ``forward``'s parameters; ``strict=False`` lets it return lists
+    and dicts (``torch.jit.trace``'s ``strict``).
 
     Raises:
         ScriptingFailed: with TorchScript's own message.
     """
+    examples = inputs if isinstance(inputs, ExampleInputs) else ExampleInputs(args=tuple(inputs))
     try:
         with quiet_torchscript_deprecation():
             if method == "trace":
-                traced = torch.jit.trace(module, inputs, check_trace=False)  # type: ignore[no-untyped-call]
+                if examples.kwargs:
+                    traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+                        module, example_kwarg_inputs=examples.bound(module), check_trace=False, strict=strict
+                    )
+                else:
+                    traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+                        module, examples.args, check_trace=False, strict=strict
+                    )
                 assert isinstance(traced, torch.jit.ScriptModule)
                 return traced
             return torch.jit.script(module)
     except SoftTimeLimitExceeded:
         raise  # the job's time is up: not the module's fault
+    except ScriptingFailed:
+        raise
     except Exception as exc:
-        raise ScriptingFailed(f"torch.jit.{method} failed: {exc}") from exc
+        raise ScriptingFailed(f"torch.jit.{method} failed: {_summary(exc)}") from exc
+
+
+class PlainOutputs(torch.nn.Module):
+    """``inner`` with its outputs turned into builtin dicts, lists and tuples
+    (:func:`serializer.pt2.pytree.to_plain`): what a ``.pt2`` consumer with only torch can load."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return to_plain(self.inner(*args, **kwargs))
 
 
 def dynamic_shapes_for(entries: Sequence[InputDims | None] | None) -> tuple[Any, ...] | None:
@@ -166,19 +270,44 @@ def dynamic_shapes_for(entries: Sequence[InputDims | None] | None) -> tuple[Any,
 
 
 def to_exported_program(
-    module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], dynamic_shapes: Sequence[InputDims | None] | None = None
+    module: torch.nn.Module,
+    inputs: ExampleInputs | tuple[Any, ...],
+    dynamic_shapes: Sequence[InputDims | None] | None = None,
+    *,
+    strict: bool | None = None,
+    plain_outputs: bool = False,
 ) -> torch.export.ExportedProgram:
-    """Capture an eval-mode module with ``torch.export.export`` on ``inputs``.
+    """Capture an eval-mode module with ``torch.export.export`` on ``inputs`` (``strict``:
+    torch.export's mode, its default where None).  ``plain_outputs`` exports it behind
+    :class:`PlainOutputs`, for outputs of a library's pytree type.
 
     Raises:
         TorchExportFailed: with torch.export's own message (graph breaks, data-dependent
-            control flow, a dynamic dimension that specializes).
+            control flow, a dynamic dimension that specializes), or where the program's
+            inputs or outputs use container types a consumer with only torch cannot load.
     """
+    examples = inputs if isinstance(inputs, ExampleInputs) else ExampleInputs(args=tuple(inputs))
+    target = PlainOutputs(module) if plain_outputs else module
+    options: dict[str, Any] = {} if strict is None else {"strict": strict}
     try:
-        return torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes_for(dynamic_shapes))
+        program = torch.export.export(
+            target, examples.args, examples.kwargs or None, dynamic_shapes=dynamic_shapes_for(dynamic_shapes),
+            **options,
+        )  # fmt: skip
     except SoftTimeLimitExceeded:
         raise  # the job's time is up: not the module's fault
     except Exception as exc:
-        message = str(exc).strip().splitlines()
-        summary = " ".join(message[:6]) if message else type(exc).__name__
-        raise TorchExportFailed(f"torch.export.export failed: {type(exc).__name__}: {summary}") from exc
+        raise TorchExportFailed(f"torch.export.export failed: {type(exc).__name__}: {_summary(exc)}") from exc
+    foreign = foreign_types(program)
+    if foreign:
+        raise TorchExportFailed(
+            f"the exported program's inputs or outputs use {', '.join(foreign)}: a consumer without the library "
+            "that registers them cannot load it; return dicts, lists or tuples of tensors"
+        )
+    return program
+
+
+def _summary(exc: BaseException) -> str:
+    """The first lines of an exception's message (torch's can run to pages)."""
+    message = str(exc).strip().splitlines()
+    return " ".join(message[:6]) if message else type(exc).__name__

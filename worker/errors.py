@@ -35,6 +35,11 @@ class TorchExportFailed(ExportError):
     """Raised when ``torch.export.export`` cannot capture the module (format ``pt2``)."""
 
 
+class CaptureFailed(ExportError):
+    """Raised when ``method: auto`` tried every way of capturing the module and none both
+    captured it and passed verification; the message gives each attempt's reason."""
+
+
 class DeviceUnavailable(ExportError):
     """Raised when the spec's device does not exist on this worker (e.g. ``cuda`` on a CPU host)."""
 

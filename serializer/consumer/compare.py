@@ -13,29 +13,45 @@ from ..errors import ArchiveError
 
 def flatten_outputs(value: Any) -> list[torch.Tensor]:
     """The tensors of a model output (a tensor, or nested tuples, lists and dicts of them)."""
+    return [t for _, t in output_leaves(value)]
+
+
+def output_leaves(value: Any, path: str = "") -> list[tuple[str, torch.Tensor]]:
+    """The tensors of a model output with where each sits (``.logits``, ``[0]``): dict
+    entries by sorted key, list and tuple items in order; a number is a 0-d tensor, None
+    holds none.
+
+    Raises:
+        ArchiveError: the output holds something else.
+    """
     if isinstance(value, torch.Tensor):
-        return [value]
+        return [(path, value)]
     if isinstance(value, Mapping):
-        return [t for k in sorted(value) for t in flatten_outputs(value[k])]
+        return [leaf for k in sorted(value) for leaf in output_leaves(value[k], f"{path}.{k}")]
     if isinstance(value, list | tuple):
-        return [t for v in value for t in flatten_outputs(v)]
+        return [leaf for i, v in enumerate(value) for leaf in output_leaves(v, f"{path}[{i}]")]
     if isinstance(value, int | float | bool):
-        return [torch.tensor(value)]
+        return [(path, torch.tensor(value))]
+    if value is None:
+        return []
     raise ArchiveError(f"cannot compare outputs of type {type(value).__name__}")
 
 
 def compare_outputs(expected: Any, actual: Any, *, atol: float, rtol: float) -> tuple[bool, float, float]:
     """Compare two model outputs elementwise, as ``torch.allclose`` does.
 
+    Nested outputs are compared entry by entry: dicts by key, lists and tuples by position
+    (a tuple and a list of the same tensors are equal, as TorchScript may return either).
+
     Returns:
-        ``(passed, max_abs_diff, max_rel_diff)``; shapes or dtypes that differ fail with
-        an infinite difference.
+        ``(passed, max_abs_diff, max_rel_diff)``; a different structure (other keys, other
+        lengths), shapes or dtypes fail with an infinite difference.
     """
-    exp, act = flatten_outputs(expected), flatten_outputs(actual)
-    if len(exp) != len(act):
+    exp, act = output_leaves(expected), output_leaves(actual)
+    if [p for p, _ in exp] != [p for p, _ in act]:
         return False, math.inf, math.inf
     passed, max_abs, max_rel = True, 0.0, 0.0
-    for want, got in zip(exp, act, strict=True):
+    for (_, want), (_, got) in zip(exp, act, strict=True):
         e, a = want.detach().cpu(), got.detach().cpu()
         if e.shape != a.shape or e.dtype != a.dtype:
             return False, math.inf, math.inf

@@ -31,6 +31,11 @@ from .compat import check_compatibility, local_reader
 #: Tolerances of the self-check when the build record does not state them.
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
+#: Keys of the build record's example inputs where they are more than positional tensors:
+#: ``{"args": [...], "kwargs": {...}}``, the module called ``module(*args, **kwargs)``.
+#: Where they are positional tensors only, the record is a plain list of them.
+RECORD_ARGS = "args"
+RECORD_KWARGS = "kwargs"
 
 
 @dataclass
@@ -74,11 +79,43 @@ def has_build_inputs(extras: dict[str, bytes]) -> bool:
     return bool(extras.get(EXAMPLE_INPUTS) or extras.get(EXAMPLE_INPUTS_TEXT))
 
 
+def stored_inputs(raw: bytes, device: torch.device | str = "cpu") -> tuple[list[Any], dict[str, Any]]:
+    """The example inputs of a build record (``torch.load`` with ``weights_only=True``) on
+    ``device``, as ``(args, kwargs)``: a plain list of tensors (every earlier archive) is
+    the positional inputs; ``{"args": [...], "kwargs": {...}}`` both.
+
+    Raises:
+        ArchiveError: the record holds something else.
+    """
+    record = torch.load(io.BytesIO(raw), weights_only=True)
+    if isinstance(record, list | tuple):
+        args, kwargs = list(record), {}
+    elif isinstance(record, dict) and set(record) <= {RECORD_ARGS, RECORD_KWARGS}:
+        args, kwargs = list(record.get(RECORD_ARGS, [])), dict(record.get(RECORD_KWARGS, {}))
+    else:
+        raise ArchiveError(
+            f"the build record's example inputs are a {type(record).__name__}, not a list of inputs "
+            f"or {{{RECORD_ARGS!r}: [...], {RECORD_KWARGS!r}: {{...}}}}"
+        )
+    return [_to_device(a, device) for a in args], {k: _to_device(v, device) for k, v in kwargs.items()}
+
+
+def _to_device(value: Any, device: torch.device | str) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list | tuple):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    raise ArchiveError(f"the build record's example inputs hold a {type(value).__name__}, not tensors")
+
+
 def self_check(
     module: Any, extras: dict[str, bytes], device: torch.device | str = "cpu"
 ) -> tuple[bool, float, float, float, float]:
-    """Run ``module`` on the example inputs stored in its build record and compare with the
-    stored reference outputs, under the tolerances the export used.  The records are
+    """Run ``module`` on the example inputs stored in its build record
+    (``module(*args, **kwargs)``, :func:`stored_inputs`) and compare with the stored
+    reference outputs, under the tolerances the export used.  The records are
     ``torch.save`` files (base64 text in ``.pt2`` archives), loaded with ``weights_only=True``;
     the inputs go to ``device`` (where a loaded program's weights are).
 
@@ -92,14 +129,14 @@ def self_check(
     raw_reference = _record(extras, REFERENCE_OUTPUTS, REFERENCE_OUTPUTS_TEXT)
     if not raw_inputs or not raw_reference:
         raise ArchiveError("the archive has no example inputs and reference outputs to check against")
-    inputs = [t.to(device) for t in torch.load(io.BytesIO(raw_inputs), weights_only=True)]
+    args, kwargs = stored_inputs(raw_inputs, device)
     reference = torch.load(io.BytesIO(raw_reference), weights_only=True)
     atol, rtol = DEFAULT_ATOL, DEFAULT_RTOL
     if extras.get(BUILD_JSON):
         spec = json.loads(extras[BUILD_JSON]).get("spec", {})
         atol, rtol = float(spec.get("atol", atol)), float(spec.get("rtol", rtol))
     with torch.no_grad():
-        actual = module(*inputs)
+        actual = module(*args, **kwargs)
     passed, max_abs, max_rel = compare_outputs(reference, actual, atol=atol, rtol=rtol)
     return passed, max_abs, max_rel, atol, rtol
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -25,8 +25,9 @@ from ..s3.uri import parse_s3_uri
 
 #: Version of the manifest's layout; readers refuse versions newer than they know.
 #: 2 added ``producer.builder``; 3 added the ``pt2`` format (``artifact.format: "pt2"``
-#: and ``artifact.pt2``); 4 added ``signature``.  Earlier versions are still read.
-SCHEMA_VERSION = 4
+#: and ``artifact.pt2``); 4 added ``signature``; 5 added ``capture``.  Earlier versions are
+#: still read.
+SCHEMA_VERSION = 5
 #: What a TorchScript manifest carries: its layout is version 2's, so readers that know
 #: version 2 keep reading unsigned TorchScript manifests.
 TORCHSCRIPT_SCHEMA_VERSION = 2
@@ -35,6 +36,12 @@ PT2_SCHEMA_VERSION = 3
 #: What a signed manifest of either format carries: a reader that cannot check the
 #: signature is told to upgrade rather than shown a field it does not know.
 SIGNED_SCHEMA_VERSION = 4
+#: What a manifest that records how its module was captured (``capture``) carries.
+CAPTURE_SCHEMA_VERSION = 5
+#: Longest error message kept per failed capture attempt, in characters.
+MAX_ATTEMPT_ERROR_CHARS = 2000
+#: How a module was captured: torch.jit.script, torch.jit.trace, or torch.export.export.
+CaptureMethod = Literal["script", "trace", "export"]
 #: Suffix of a manifest's key: ``model.pt`` -> ``model.manifest.json``.
 MANIFEST_SUFFIX = "." + MANIFEST_NAME
 #: Largest manifest read, in bytes.  Most are a few KiB; the largest a job can make holds
@@ -138,6 +145,33 @@ class SignatureEntry(_Model):
     predicate_type: str = Field(description="the in-toto predicate signed: OpenSSF model signing's")
 
 
+class CaptureAttempt(_Model):
+    """A way of capturing the module that was tried and failed (capture, or verification)."""
+
+    method: CaptureMethod
+    strict: bool | None = Field(default=None, description="torch.export's strict mode (export only)")
+    error: str = Field(max_length=MAX_ATTEMPT_ERROR_CHARS, description="why it failed")
+
+
+class CaptureEntry(_Model):
+    """How the module was captured, where the spec left it to the worker (``method: auto``)
+    or the capture needed more than the method's defaults; absent otherwise."""
+
+    method: CaptureMethod = Field(description="the way that captured the module and passed verification")
+    strict: bool | None = Field(
+        default=None,
+        description="export: torch.export's strict mode; trace: false where lists or dicts are returned "
+        "(torch.jit.trace strict=False); null: the default",
+    )
+    plain_outputs: bool = Field(
+        default=False,
+        description="outputs of a library's container types were turned into dicts, lists and tuples",
+    )
+    attempts: list[CaptureAttempt] = Field(
+        default_factory=list, description="the ways tried before, in order, and why each failed"
+    )
+
+
 class Manifest(_Model):
     """The manifest stored next to an artifact."""
 
@@ -153,6 +187,9 @@ class Manifest(_Model):
     signature: SignatureEntry | None = Field(
         default=None, description="the export's signature; absent or null: exported without a signing key"
     )
+    capture: CaptureEntry | None = Field(
+        default=None, description="how the module was captured; absent or null: as the spec's method says"
+    )
 
     @model_validator(mode="after")
     def _schema(self) -> Manifest:
@@ -164,17 +201,23 @@ class Manifest(_Model):
             raise ValueError(
                 f"a signed manifest is schema version {SIGNED_SCHEMA_VERSION} or later, not {self.schema_version}"
             )
+        if self.capture is not None and self.schema_version < CAPTURE_SCHEMA_VERSION:
+            raise ValueError(
+                f"a manifest with capture is schema version {CAPTURE_SCHEMA_VERSION} or later, "
+                f"not {self.schema_version}"
+            )
         return self
 
     def to_json(self) -> bytes:
         """Canonical JSON: sorted keys, compact, UTF-8.  ``artifact.pt2`` is left out of
-        a TorchScript manifest, and ``signature`` out of an unsigned one, whose layouts
-        stay those of versions 2 and 3."""
+        a TorchScript manifest, ``signature`` out of an unsigned one and ``capture`` out of
+        one without it, whose layouts stay those of versions 2 to 4."""
         data = self.model_dump(mode="json")
         if data["artifact"].get("pt2") is None:
             data["artifact"].pop("pt2", None)
-        if data.get("signature") is None:
-            data.pop("signature", None)
+        for optional in ("signature", "capture"):
+            if data.get(optional) is None:
+                data.pop(optional, None)
         return canonical_json(data)
 
     @classmethod
@@ -252,6 +295,7 @@ def build_manifest(
     metadata: dict[str, Any] | None = None,
     created_at: datetime | None = None,
     signature: SignatureEntry | None = None,
+    capture: CaptureEntry | None = None,
 ) -> Manifest:
     """The manifest of a stored archive (pure: the clock and producer are passed in)."""
     pt2 = None
@@ -262,7 +306,9 @@ def build_manifest(
         )
     return Manifest(
         schema_version=(
-            SIGNED_SCHEMA_VERSION
+            CAPTURE_SCHEMA_VERSION
+            if capture is not None
+            else SIGNED_SCHEMA_VERSION
             if signature is not None
             else PT2_SCHEMA_VERSION
             if archive.format == "pt2"
@@ -286,6 +332,7 @@ def build_manifest(
         verification=verification,
         metadata=metadata or {},
         signature=signature,
+        capture=capture,
     )
 
 

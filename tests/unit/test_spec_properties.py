@@ -35,6 +35,7 @@ from worker.spec import (
     TensorSpec,
     parse_spec,
 )
+from worker.spec.inputs import INPUT_TAGS, input_tensors
 
 #: Bounded and reproducible: the same examples every run, no example database on disk.
 PROPERTY = settings(
@@ -224,7 +225,8 @@ def check_refusal(data: Any, exc: SpecError) -> None:
     else:  # pragma: no cover - parse_spec refused what the model accepts
         pytest.fail(f"parse_spec refused a spec the model accepts: {message}")
     for err in errors:
-        loc = ".".join(str(p) for p in err["loc"])
+        # The tags of an example input's form (<tensor>, <list>, <dict>) are no field: left out.
+        loc = ".".join(str(p) for p in err["loc"] if p not in INPUT_TAGS)
         if err["loc"]:
             assert err["loc"][0] in FIELDS or err["loc"][0] in data, err
             # An unknown field named "" is reported as the spec's own problem.
@@ -254,7 +256,7 @@ def check_accepted(spec: ExportSpec) -> None:
         parse_s3_uri(spec.weights)
     for name in spec.extra_files:
         check_extra_name(name)
-    for tensor in spec.example_inputs or []:
+    for tensor in [t for entry in spec.example_inputs or [] for t in input_tensors(entry)]:
         assert tensor.dtype in DTYPES
         assert (tensor.shape is None) != (tensor.value is None)
         if tensor.shape is not None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from serializer.archive.info import ArchiveInfo
 from serializer.errors import ObjectExists, UploadFailed
-from serializer.manifest.model import Producer, build_manifest
+from serializer.manifest.model import CaptureEntry, Producer, build_manifest
 from serializer.producer import current_producer
 from serializer.s3.client import S3Client
 from serializer.signing.keys import SigningKey, TrustedKeys
@@ -26,7 +26,7 @@ from ..settings import Settings
 from ..signing import signing_key, worker_trust
 from ..spec import ExportSpec
 from ..triton import check_triton_scopes, publish_spec_export
-from .capture import Built, build, capture
+from .capture import Built, Captured, build, capture
 from .dead_uploads import abort_dead_uploads, aborted_by_holder
 from .extras import check_extras_for_format, resolve_extra_files
 from .plan import Action, archive_matters, plan_export
@@ -135,7 +135,7 @@ def export_to_store(
                 spec,
                 settings,
                 client,
-                captured,
+                captured.artifact,
                 extras,
                 upload_uri,
                 conditional=settings.conditional_publish and not staged,
@@ -150,8 +150,9 @@ def export_to_store(
             return await_winner(client, keys, spec, other_running, trust)
     staging = upload_uri if staged else None
     result = _publish(
-        spec, settings, client, keys, info, built, producer, report, staging=staging, key=key, trust=trust
-    )
+        spec, settings, client, keys, info, built, producer, report, staging=staging, key=key, trust=trust,
+        capture=captured.entry,
+    )  # fmt: skip
     if not result["skipped"]:  # skipped: another job published first, and its export was adopted
         log.info(
             "exported %s to %s (%d bytes) in %.2f s", spec.name, keys.artifact, info.size, time.monotonic() - started
@@ -172,13 +173,13 @@ def _decide(client: S3Client, keys: Keys, *, found: bool, trusted: bool, replace
 
 def _prepare(
     spec: ExportSpec, settings: Settings, client: S3Client, producer: Producer, report: Progress
-) -> tuple[Built, Any, dict[str, bytes]]:
+) -> tuple[Built, Captured, dict[str, bytes]]:
     """The built module, its capture, and the extra files (the spec's and the build record)."""
     device = resolve_device(spec.device)
     extras = resolve_extra_files(spec, client, settings.max_extra_file_bytes)
     check_extras_for_format(spec, extras)
     built = build(spec, settings, client, device)
-    captured = capture(spec, built, report)
+    captured = capture(spec, built, report, spool_dir=settings.spool_dir)
     extras.update(record_files(spec, producer.model_dump(), built.inputs, built.reference))
     return built, captured, extras
 
@@ -196,6 +197,7 @@ def _publish(
     staging: str | None,
     key: SigningKey | None,
     trust: TrustedKeys | None,
+    capture: CaptureEntry | None = None,
 ) -> dict[str, Any]:
     """Verify the uploaded archive, promote it where it was staged (at ``staging``), sign
     it (where a key is set), write the manifest.
@@ -224,6 +226,7 @@ def _publish(
             verification=verification,
             metadata=spec.metadata,
             signature=signature_entry(key, keys.artifact) if key is not None else None,
+            capture=capture,
         )
         if key is not None:  # the signature first: a manifest's presence means signed too
             delete_on_failure(cleanups, client, keys.signature)

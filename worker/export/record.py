@@ -15,8 +15,10 @@ from serializer.archive.extras import (
     REFERENCE_OUTPUTS,
     REFERENCE_OUTPUTS_TEXT,
 )
+from serializer.consumer.verify import RECORD_ARGS, RECORD_KWARGS
 from serializer.manifest.model import canonical_json
 
+from ..builders import ExampleInputs
 from ..spec import ExportSpec
 
 
@@ -26,15 +28,18 @@ def build_json(spec: ExportSpec, producer: dict[str, Any]) -> bytes:
 
 
 def build_record(
-    spec: ExportSpec, producer: dict[str, Any], inputs: tuple[torch.Tensor, ...], outputs: Any
+    spec: ExportSpec, producer: dict[str, Any], inputs: ExampleInputs | tuple[Any, ...], outputs: Any
 ) -> dict[str, bytes]:
     """Extra files describing the export itself, so a consumer can check the archive without
     the model's code: the spec and producer (JSON), and the example inputs and the eager
     module's outputs (``torch.save``, loadable with ``weights_only=True``; base64 text in a
-    ``.pt2``, whose extra files are text only)."""
+    ``.pt2``, whose extra files are text only).
+
+    The inputs are stored as a list of tensors where they are positional tensors only (as
+    every earlier archive has them), else as :func:`recorded_inputs` says."""
     cpu_out = to_cpu(outputs)
     tensors = {
-        EXAMPLE_INPUTS: _tensor_file([t.detach().cpu() for t in inputs]),
+        EXAMPLE_INPUTS: _tensor_file(recorded_inputs(inputs)),
         REFERENCE_OUTPUTS: _tensor_file(cpu_out),
     }
     if spec.format == "pt2":
@@ -45,8 +50,19 @@ def build_record(
     return {BUILD_JSON: build_json(spec, producer), **tensors}
 
 
+def recorded_inputs(inputs: ExampleInputs | tuple[Any, ...]) -> Any:
+    """The example inputs as the build record stores them, on the CPU: a list of tensors
+    where all are positional tensors, else ``{"args": [...], "kwargs": {...}}`` (the
+    module is called ``module(*args, **kwargs)``; each a tensor, or a list or dict of them)."""
+    examples = inputs if isinstance(inputs, ExampleInputs) else ExampleInputs(args=tuple(inputs))
+    args = [to_cpu(a) for a in examples.args]
+    if not examples.kwargs and all(isinstance(a, torch.Tensor) for a in args):
+        return args
+    return {RECORD_ARGS: args, RECORD_KWARGS: {k: to_cpu(v) for k, v in examples.kwargs.items()}}
+
+
 def record_files(
-    spec: ExportSpec, producer: dict[str, Any], inputs: tuple[torch.Tensor, ...], outputs: Any
+    spec: ExportSpec, producer: dict[str, Any], inputs: ExampleInputs | tuple[Any, ...], outputs: Any
 ) -> dict[str, bytes]:
     """The build record for an export: the full :func:`build_record` where there are example
     inputs, ``build.json`` alone where there are none."""

@@ -10,9 +10,11 @@ from serializer.archive.info import ArchiveInfo
 from serializer.consumer.compare import compare_outputs
 from serializer.manifest.model import Verification
 from serializer.pt2.load import load_pt2_artifact, program_device
+from serializer.pt2.pytree import foreign_types
 from serializer.s3.client import S3Client
 from serializer.torchscript.load import load_artifact
 
+from ..builders import ExampleInputs
 from ..errors import VerificationFailed
 from ..settings import Settings
 from ..spec import ExportSpec
@@ -24,7 +26,7 @@ from .record import to_cpu
 def verify_archive(
     client: S3Client,
     info: ArchiveInfo,
-    inputs: tuple[torch.Tensor, ...],
+    inputs: ExampleInputs | tuple[Any, ...],
     reference: Any,
     *,
     atol: float,
@@ -34,18 +36,31 @@ def verify_archive(
     """Reload the stored archive (checking its sha256 as it downloads) and compare its
     outputs with the eager module's.  A TorchScript archive is loaded on the CPU; a ``.pt2``
     with ``torch.export.load``, its weights on the device they were exported from.  The
-    download goes to a temporary file in ``spool_dir``."""
+    download goes to a temporary file in ``spool_dir``.
+
+    Raises:
+        VerificationFailed: a ``.pt2`` whose inputs or outputs use container types that a
+            consumer with only torch cannot load (it loads here, where they are registered).
+    """
+    examples = inputs if isinstance(inputs, ExampleInputs) else ExampleInputs(args=tuple(inputs))
     if info.format == "pt2":
         program, _ = load_pt2_artifact(client, info.uri, sha256=info.sha256, size=info.size, spool_dir=spool_dir)
-        device = program_device(program)
+        foreign = foreign_types(program)
+        if foreign:
+            raise VerificationFailed(
+                f"the stored program's inputs or outputs use {', '.join(foreign)}, registered by a library this "
+                "worker imports: a consumer with only torch cannot load it"
+            )
+        on_device = examples.to(program_device(program))
         with torch.no_grad():
-            actual = program.module()(*(t.detach().to(device) for t in inputs))
+            actual = program.module()(*on_device.args, **on_device.kwargs)
     else:
         loaded, _ = load_artifact(
             client, info.uri, map_location="cpu", sha256=info.sha256, size=info.size, spool_dir=spool_dir
         )
+        on_cpu = examples.to("cpu")
         with torch.no_grad():
-            actual = loaded(*(t.detach().cpu() for t in inputs))
+            actual = loaded(*on_cpu.args, **on_cpu.kwargs)
     passed, max_abs, max_rel = compare_outputs(to_cpu(reference), actual, atol=atol, rtol=rtol)
     return Verification(
         passed=passed,

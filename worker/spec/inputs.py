@@ -6,7 +6,8 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from typing_extensions import TypeAliasType
 
 from serializer.manifest.model import canonical_json
 
@@ -127,3 +128,103 @@ def value_shape(value: Any) -> list[int]:
         shape.append(len(value))
         value = value[0] if value else None
     return shape
+
+
+#: Deepest nesting of lists and dicts in one example input (a list of dicts of tensors is 2).
+MAX_INPUT_DEPTH = 3
+#: Most tensors of a spec's example inputs (positional and keyword together).
+MAX_INPUT_TENSORS = 256
+#: The fields of a :class:`TensorSpec`: an object holding only these keys is read as one.
+TENSOR_FIELDS = frozenset(TensorSpec.model_fields)
+_INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def _entry_kind(value: Any) -> str:
+    """Which form an example input takes: a list of inputs (a JSON array); a tensor (an
+    object with a ``shape`` or ``value`` that holds no object, or with only
+    :class:`TensorSpec` fields and no object in them, or empty); else a dict of named inputs."""
+    if isinstance(value, TensorSpec):
+        return TENSOR_TAG
+    if isinstance(value, list | tuple):
+        return LIST_TAG
+    if isinstance(value, dict):
+        if not value:  # {}: an input missing its shape or value, not an empty dict
+            return TENSOR_TAG
+        given = [value[k] for k in ("shape", "value") if k in value]
+        if given and not any(_holds_object(v) for v in given):
+            return TENSOR_TAG
+        if set(value) <= TENSOR_FIELDS and not any(_holds_object(v) for v in value.values()):
+            return TENSOR_TAG
+    return DICT_TAG
+
+
+def _holds_object(value: Any) -> bool:
+    """Whether a JSON value is, or holds in its arrays, an object (iterative)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict | TensorSpec):
+            return True
+        if isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
+#: Tags of the three forms of an input; validation errors name them in their location,
+#: which :func:`~worker.spec.model.parse_spec` leaves out (no input name can take them).
+TENSOR_TAG, LIST_TAG, DICT_TAG = "<tensor>", "<list>", "<dict>"
+INPUT_TAGS = frozenset({TENSOR_TAG, LIST_TAG, DICT_TAG})
+
+
+#: One example input: a tensor, a list of inputs (``list[Tensor]``), or a dict of named
+#: inputs (``dict[str, Tensor]``), nested at most MAX_INPUT_DEPTH levels.
+InputEntry = TypeAliasType(  # type: ignore[misc]
+    "InputEntry",
+    Annotated[
+        Annotated[TensorSpec, Tag(TENSOR_TAG)]
+        | Annotated[list["InputEntry"], Tag(LIST_TAG)]  # type: ignore[misc]
+        | Annotated[dict[str, "InputEntry"], Tag(DICT_TAG)],  # type: ignore[misc]
+        Discriminator(_entry_kind),
+    ],
+)
+
+
+def input_tensors(entry: Any) -> list[TensorSpec]:
+    """The tensors of an example input (or of a list or dict of them), in the order they are
+    synthesized: list order, dict entries by sorted name."""
+    if isinstance(entry, TensorSpec):
+        return [entry]
+    if isinstance(entry, dict):
+        return [t for name in sorted(entry) for t in input_tensors(entry[name])]
+    return [t for item in entry for t in input_tensors(item)]
+
+
+def check_entry(entry: Any, where: str, depth: int = 0) -> None:
+    """Refuse an example input nested deeper than MAX_INPUT_DEPTH, or a dict input with a
+    name that is not a Python identifier.
+
+    Raises:
+        ValueError: naming where.
+    """
+    if isinstance(entry, TensorSpec):
+        return
+    if depth >= MAX_INPUT_DEPTH:
+        raise ValueError(f"{where}: lists and dicts nested deeper than {MAX_INPUT_DEPTH} levels")
+    if isinstance(entry, dict):
+        for name in entry:
+            if not _INPUT_NAME_RE.fullmatch(name):
+                raise ValueError(f"{where}: input name {name!r} is not a Python identifier of at most 128 characters")
+    items = sorted(entry.items()) if isinstance(entry, dict) else enumerate(entry)
+    for key, item in items:
+        check_entry(item, f"{where}.{key}", depth + 1)
+
+
+def check_input_name(name: str) -> str:
+    """A keyword input's name, checked to be a Python identifier.
+
+    Raises:
+        ValueError: it is not.
+    """
+    if not _INPUT_NAME_RE.fullmatch(name):
+        raise ValueError(f"keyword input name {name!r} is not a Python identifier of at most 128 characters")
+    return name

@@ -18,9 +18,15 @@ from ..errors import SpecError
 from .base import Strict
 from .extras import ExtraBase64, ExtraSource, dump_source
 from .inputs import (
+    INPUT_TAGS,
+    MAX_INPUT_TENSORS,
     DimSpec,
     InputDims,
+    InputEntry,
     TensorSpec,
+    check_entry,
+    check_input_name,
+    input_tensors,
     value_shape,
 )
 from .limits import MAX_JSON_BYTES, MAX_TOTAL_ELEMENTS, check_depth
@@ -35,7 +41,11 @@ _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d{1,2})$")
 
 #: Spec fields added after the first release, left out of the spec's JSON (and so of its
 #: hash and keys) while they hold their default: every earlier spec keeps its hash.
-_OMITTED_AT_DEFAULT = {"format": DEFAULT_FORMAT, "dynamic_shapes": None, "triton": None}
+_OMITTED_AT_DEFAULT = {"format": DEFAULT_FORMAT, "dynamic_shapes": None, "triton": None, "example_kwargs": None}
+#: How a spec asks for its module to be captured: ``auto`` tries each way of its format
+#: (TorchScript: script, then trace; pt2: torch.export strict, then non-strict) and keeps
+#: the first that captures and verifies.
+Method = Literal["script", "trace", "auto"]
 
 
 class ExportSpec(Strict):
@@ -45,8 +55,11 @@ class ExportSpec(Strict):
     builder: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = None
-    method: Literal["script", "trace"] = "script"
-    example_inputs: list[TensorSpec] | None = None
+    method: Method = "script"
+    example_inputs: list[InputEntry] | None = None
+    example_kwargs: dict[str, InputEntry] | None = Field(
+        default=None, description="example inputs passed by keyword: name -> a tensor, a list or a dict of them"
+    )
     device: str = "cpu"
     extra_files: dict[str, ExtraSource] = Field(default_factory=dict)
     destination: str
@@ -116,29 +129,55 @@ class ExportSpec(Strict):
             raise ValueError("inline extra files are larger than 16 MiB; store them in S3 and give a 'uri'")
         return v
 
+    @field_validator("example_kwargs")
+    @classmethod
+    def _kwarg_names(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        for name in v or {}:
+            check_input_name(name)
+        return v
+
     @model_validator(mode="after")
     def _needs_inputs(self) -> ExportSpec:
-        if self.method == "trace" and not self.example_inputs:
-            raise ValueError("method 'trace' needs example_inputs")
-        if self.verify and not self.example_inputs:
-            raise ValueError("verify needs example_inputs")
-        total = sum(math.prod(t.shape) for t in self.example_inputs or [] if t.shape is not None)
-        if total > MAX_TOTAL_ELEMENTS:
-            raise ValueError(f"example_inputs hold {total} elements together, more than {MAX_TOTAL_ELEMENTS}")
+        if self.method in ("trace", "auto") and not self.has_inputs:
+            raise ValueError(f"method {self.method!r} needs example_inputs (or example_kwargs)")
+        if self.verify and not self.has_inputs:
+            raise ValueError("verify needs example_inputs (or example_kwargs)")
+        self._check_inputs()
         if self.format == "pt2":
             self._check_pt2()
         elif self.dynamic_shapes is not None:
             raise ValueError("dynamic_shapes apply to format 'pt2' only")
+        if self.triton is not None and self.structured_inputs:
+            raise ValueError("triton takes positional tensor inputs only: no example_kwargs, lists or dicts")
         check_triton_target(self.triton, fmt=self.format, has_inputs=bool(self.example_inputs))
         return self
 
-    def _check_pt2(self) -> None:
-        if not self.example_inputs:
-            raise ValueError("format 'pt2' needs example_inputs: torch.export.export captures the module with them")
-        if self.method != "script":
+    def _check_inputs(self) -> None:
+        entries = [(f"example_inputs.{i}", e) for i, e in enumerate(self.example_inputs or [])]
+        entries += [(f"example_kwargs.{k}", e) for k, e in (self.example_kwargs or {}).items()]
+        for where, entry in entries:
+            check_entry(entry, where)
+        tensors = [t for _, entry in entries for t in input_tensors(entry)]
+        if len(tensors) > MAX_INPUT_TENSORS:
             raise ValueError(
-                f"method {self.method!r} applies to format 'torchscript'; format 'pt2' always captures with "
-                "torch.export.export (leave method out)"
+                f"example_inputs and example_kwargs hold {len(tensors)} tensors, more than {MAX_INPUT_TENSORS}"
+            )
+        total = sum(math.prod(t.shape) for t in tensors if t.shape is not None)
+        if total > MAX_TOTAL_ELEMENTS:
+            raise ValueError(
+                f"example_inputs and example_kwargs hold {total} elements together, more than {MAX_TOTAL_ELEMENTS}"
+            )
+
+    def _check_pt2(self) -> None:
+        if not self.has_inputs:
+            raise ValueError(
+                "format 'pt2' needs example_inputs (or example_kwargs): torch.export.export captures the module "
+                "with them"
+            )
+        if self.method == "trace":
+            raise ValueError(
+                "method 'trace' applies to format 'torchscript'; format 'pt2' always captures with "
+                "torch.export.export (leave method out, or 'auto' to try its strict and non-strict modes)"
             )
         for name, source in self.extra_files.items():
             if isinstance(source, ExtraBase64):
@@ -151,13 +190,20 @@ class ExportSpec(Strict):
                     ) from None
         if self.dynamic_shapes is None:
             return
-        if len(self.dynamic_shapes) != len(self.example_inputs):
+        if self.example_kwargs:
+            raise ValueError("dynamic_shapes apply to positional example_inputs only; leave out example_kwargs")
+        if len(self.dynamic_shapes) != len(self.example_inputs or []):
             raise ValueError(
-                f"dynamic_shapes has {len(self.dynamic_shapes)} entries, example_inputs {len(self.example_inputs)}: "
+                f"dynamic_shapes has {len(self.dynamic_shapes)} entries, "
+                f"example_inputs {len(self.example_inputs or [])}: "
                 "give one per input (null for a static one)"
             )
         named: dict[str, DimSpec] = {}
-        for i, (dims, tensor) in enumerate(zip(self.dynamic_shapes, self.example_inputs, strict=True)):
+        for i, (dims, tensor) in enumerate(zip(self.dynamic_shapes, self.example_inputs or [], strict=True)):
+            if not isinstance(tensor, TensorSpec):
+                if dims:
+                    raise ValueError(f"dynamic_shapes.{i}: input {i} is a list or dict; only a tensor's are dynamic")
+                continue
             shape = tensor.shape if tensor.shape is not None else value_shape(tensor.value)
             for key, dim in (dims or {}).items():
                 if not (key.isascii() and key.isdigit() and key == str(int(key))) or int(key) >= len(shape):
@@ -176,9 +222,20 @@ class ExportSpec(Strict):
                         )
 
     @property
+    def has_inputs(self) -> bool:
+        """Whether the spec gives example inputs (positional or by keyword)."""
+        return bool(self.example_inputs) or bool(self.example_kwargs)
+
+    @property
+    def structured_inputs(self) -> bool:
+        """Whether the example inputs are more than positional tensors: keyword inputs, or
+        a list or dict of tensors among the positional ones."""
+        return bool(self.example_kwargs) or any(not isinstance(e, TensorSpec) for e in self.example_inputs or [])
+
+    @property
     def should_verify(self) -> bool:
         """``verify``, defaulting to true where example inputs are given."""
-        return bool(self.example_inputs) if self.verify is None else self.verify
+        return self.has_inputs if self.verify is None else self.verify
 
     @property
     def queue(self) -> str:
@@ -208,7 +265,8 @@ class ExportSpec(Strict):
         data = self.to_json_dict()
         data["format"] = target
         if target == "pt2":
-            data.pop("method", None)
+            if data.get("method") != "auto":  # auto means each way of the format
+                data.pop("method", None)
             data.pop("triton", None)  # Triton loads TorchScript only
         else:
             data.pop("dynamic_shapes", None)
@@ -243,9 +301,14 @@ def parse_spec(data: Any) -> ExportSpec:
         return ExportSpec.model_validate_json(text)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}" for err in errors)
+        problems = "; ".join(f"{_where(err['loc'])}: {err['msg']}" for err in errors)
         kinds = [(_field_of(err["loc"]), err["type"]) for err in errors]
         raise _spec_error(f"invalid spec: {problems}", *kinds) from None
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """A validation error's location, without the tags of an input's form (``<tensor>``)."""
+    return ".".join(str(p) for p in loc if p not in INPUT_TAGS) or "spec"
 
 
 def _field_of(loc: tuple[int | str, ...]) -> str:
