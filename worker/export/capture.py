@@ -84,7 +84,7 @@ def build(spec: ExportSpec, settings: Settings, client: S3Client, device: torch.
     """
     module = build_module(spec, settings.allowed_builders, device)
     if spec.weights:
-        load_weights(module, client, spec.weights, settings.spool_dir)
+        load_weights(module, client, spec.weights, settings.spool_dir, read_scopes=settings.read_scopes)
     module = module.to(device).eval()
     inputs = example_args(spec.example_inputs, spec.example_kwargs, spec.seed, device)
     try:
