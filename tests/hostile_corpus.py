@@ -166,7 +166,10 @@ CORPUS = [
     ),
     case(lambda ctx: ctx.spec(weights=42), "SpecError", r"weights: Input should be a valid string", id="weights-int"),
     case(
-        lambda ctx: ctx.spec(method=True), "SpecError", r"method: Input should be 'script' or 'trace'", id="method-bool"
+        lambda ctx: ctx.spec(method=True),
+        "SpecError",
+        r"method: Input should be 'script', 'trace' or 'auto'",
+        id="method-bool",
     ),
     case(
         lambda ctx: ctx.spec(example_inputs={"shape": [2, 4]}),
@@ -696,7 +699,7 @@ CORPUS = [
     case(
         lambda ctx: ctx.spec(method="onnx"),
         "SpecError",
-        r"method: Input should be 'script' or 'trace'",
+        r"method: Input should be 'script', 'trace' or 'auto'",
         id="method-onnx",
     ),
     case(
