@@ -34,7 +34,7 @@ the unshaped one.  The targets are printed as met / not met.
 
 Usage (from the repository root, in the project's virtual environment)::
 
-    python benchmarks/link_speed.py --sizes 1,4 --markdown /tmp/link-speed.md
+    python benchmarks/link_speed.py --sizes 1,4 --markdown link-speed.md
     python benchmarks/link_speed.py --quick
 """
 

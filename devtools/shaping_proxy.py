@@ -4,7 +4,7 @@ per connection (and optionally one for all connections together), counting conne
 It runs as its own process (its own core share, not the measured process's GIL)::
 
     python -m devtools.shaping_proxy --upstream 127.0.0.1:8333 --rtt-ms 20 \\
-        --conn-rate 25MB --total-rate 150MB --ready-file /tmp/port
+        --conn-rate 25MB --total-rate 150MB --ready-file port.txt
 
 Each accepted connection is relayed to ``upstream`` byte for byte (any TCP protocol, so
 HTTP keep-alive, ``100-continue`` and pipelining pass untouched).  Each direction is a

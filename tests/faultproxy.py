@@ -3,7 +3,7 @@
 It runs as its own process, on loopback, in front of an S3 server on loopback (moto)::
 
     python -m tests.faultproxy --upstream http://127.0.0.1:5000 --port 0 --rate 0.1 \\
-        --faults 500,slowdown,reset,reset-after,stall --ops all --seed 7 --ready-file /tmp/port
+        --faults 500,slowdown,reset,reset-after,stall --ops all --seed 7 --ready-file port.txt
 
 Each request is forwarded (method, path and query, headers, body) and the reply relayed,
 except for a share ``rate`` of the requests whose S3 operation is in ``ops``: those get one
