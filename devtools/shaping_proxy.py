@@ -157,6 +157,10 @@ class ShapingProxy:
         self.total_up = TokenBucket(shape.total_rate)
         self.total_down = TokenBucket(shape.total_rate)
         self.counters = Counters()
+        # The event loop holds tasks only weakly, and a connection whose transports are both
+        # paused is reachable from nothing else: without these references the collector may
+        # destroy a connection mid-relay ("Task was destroyed but it is pending").
+        self._live: set[asyncio.Task[Any]] = set()
 
     def configure(self, data: dict[str, Any]) -> None:
         for name in ("rtt", "conn_rate", "total_rate"):
@@ -186,6 +190,10 @@ class ShapingProxy:
             self.counters.used_open -= 1
 
     async def handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._live.add(task)
+            task.add_done_callback(self._live.discard)
         conn = _Conn()
         self.counters.accepted += 1
         self.counters.open += 1

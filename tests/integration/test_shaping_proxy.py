@@ -3,8 +3,11 @@ ways, no faster than its caps allow, each turn at least one round trip, connecti
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import hashlib
 import os
+import queue
 import socket
 import threading
 import time
@@ -12,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from devtools.shaping_proxy import LinkShape, running_proxy
+from devtools.shaping_proxy import LinkShape, ShapingProxy, running_proxy
 
 #: Bytes each stream sends: small, so the lower bounds stay a second or two.
 PAYLOAD = 1_000_000
@@ -110,3 +113,30 @@ def test_unshaped_relay_and_counting_window(echo_server: int) -> None:
         assert proxy.stats()["shape"] == {"rtt": 0.01, "conn_rate": 1e6, "total_rate": 0.0}
     assert stats["used"] == stats["accepted"] == 1
     assert stats["bytes_up"] == PAYLOAD
+
+
+def test_connections_survive_the_garbage_collector(echo_server: int) -> None:
+    """The event loop holds tasks only weakly: a connection whose transports are paused is
+    reachable from nothing else, and the collector must not end it mid-relay. The proxy runs
+    in this process here, with a collection every millisecond."""
+    proxy = ShapingProxy(("127.0.0.1", echo_server), LinkShape())
+    ready: queue.Queue[tuple[asyncio.AbstractEventLoop, asyncio.Event, int]] = queue.Queue()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+        stop = asyncio.Event()
+        ready.put((asyncio.get_running_loop(), stop, server.sockets[0].getsockname()[1]))
+        async with server:
+            while not stop.is_set():
+                gc.collect()
+                await asyncio.sleep(0.001)
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    loop, stop, port = ready.get(timeout=10)
+    try:
+        for _ in range(3):
+            _check_bytes(_streams(port, 3)[1], 3)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
