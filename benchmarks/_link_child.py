@@ -251,6 +251,9 @@ def child_main() -> int:
         warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
         work = tempfile.mkdtemp(prefix=f"{cfg['variant']}-", dir=cfg["spool_dir"])
         run = prepare(cfg, work)
+        # Earlier rows' files (and the store's copies of them) are still being written back:
+        # flushed now, they weigh on no row's save.
+        os.sync()
         send(protocol, {"event": "ready", "rss": psutil.Process().memory_info().rss})
         if not wait_for_go():
             return 1

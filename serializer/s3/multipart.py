@@ -22,7 +22,7 @@ from .client import S3Client
 from .parts import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE, MAX_PARTS, auto_part_size, base_part_size, part_size_for
 from .retry import RetryPolicy, error_code, http_status, is_transient
 from .throttle import is_throttle_error, watch_throttling
-from .tuner import DEFAULT_CAP, DEFAULT_START, ConcurrencyTuner
+from .tuner import DEFAULT_CAP, DEFAULT_START, FREE_SLOT_START, ConcurrencyTuner
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,8 @@ class MultipartWriter:
         cap = self._max_connections if from_file else min(DEFAULT_MAX_IN_FLIGHT, self._max_connections)
         # More requests than the client has connections would only queue for one.
         pool = self._pool_size()
-        return ConcurrencyTuner(start=DEFAULT_START, cap=min(cap, pool) if pool else cap)
+        start = FREE_SLOT_START if from_file else DEFAULT_START
+        return ConcurrencyTuner(start=start, cap=min(cap, pool) if pool else cap)
 
     def _pool_size(self) -> int | None:
         pool = getattr(getattr(getattr(self._client, "meta", None), "config", None), "max_pool_connections", None)

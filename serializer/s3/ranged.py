@@ -33,7 +33,7 @@ from ..errors import ArchiveError
 from .client import S3Client
 from .inplace import CHUNK_SIZE, THROTTLE_CODES, THROTTLE_STATUSES, download_into, range_size_for
 from .retry import error_code
-from .tuner import DEFAULT_CAP, DEFAULT_START, ConcurrencyTuner
+from .tuner import DEFAULT_CAP, FREE_SLOT_START, ConcurrencyTuner
 from .uri import parse_s3_uri
 
 #: Bytes per ranged GET when downloading an archive.
@@ -312,7 +312,7 @@ def download_checked(
     ``CHUNK_SIZE * (tuner.cap + 1)`` whatever the object's size or the width.
 
     ``tuner``'s slots decide how many ranges are in flight (default: :func:`default_tuner`,
-    which grows from 4 while throughput grows, up to the client's connection pool;
+    which starts at 16 and grows while throughput grows, up to the client's connection pool;
     ``ConcurrencyTuner(fixed=n)`` for exactly ``n``); it is told of every chunk that
     arrives and of every SlowDown, 503 or 429 a GET meets, botocore's retried ones
     included.  ``range_size`` defaults to :func:`~serializer.s3.inplace.range_size_for`
@@ -398,12 +398,14 @@ def _fetch_into(
 
 
 def default_tuner(client: S3Client) -> ConcurrencyTuner:
-    """A tuner for one download with ``client``: from :data:`~serializer.s3.tuner.DEFAULT_START`
-    ranges in flight up to :data:`~serializer.s3.tuner.DEFAULT_CAP`, and never more than the
-    client's connection pool (a GET beyond it opens a connection that is thrown away after)."""
-    pool = int(getattr(client.meta.config, "max_pool_connections", None) or DEFAULT_START)
+    """A tuner for one download into place with ``client``: from
+    :data:`~serializer.s3.tuner.FREE_SLOT_START` ranges in flight (a range written into place
+    holds one read chunk, not its bytes) up to :data:`~serializer.s3.tuner.DEFAULT_CAP`, and
+    never more than the client's connection pool (a GET beyond it opens a connection that is
+    thrown away after)."""
+    pool = int(getattr(client.meta.config, "max_pool_connections", None) or 10)  # botocore's default
     cap = max(1, min(DEFAULT_CAP, pool))
-    return ConcurrencyTuner(start=min(DEFAULT_START, cap), cap=cap)
+    return ConcurrencyTuner(start=min(FREE_SLOT_START, cap), cap=cap)
 
 
 def _preallocate(fd: int, size: int) -> None:

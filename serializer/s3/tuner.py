@@ -6,7 +6,9 @@ NIC does.  The right number depends on the path, so it is measured, not configur
 
 **Algorithm** (hill climbing on measured throughput, AIMD-like on throttling):
 
-1. Start at ``start`` slots.  Every completed request reports its bytes with
+1. Start at ``start`` slots (:data:`FREE_SLOT_START`, 16, where a slot costs no memory;
+   :data:`DEFAULT_START`, 4, where it holds a part).  The first ``warmup`` window (1) is
+   not measured: it pays for new connections and the producer's start.  Every completed request reports its bytes with
    :meth:`ConcurrencyTuner.record`.  Throughput is measured per *window* of ``window``
    seconds; a window only counts when the slots were saturated in it (some request waited
    for a slot, or every slot was taken), so a producer slower than the link never makes
@@ -47,18 +49,26 @@ from enum import StrEnum
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_CAP", "ConcurrencyTuner", "TunerPhase"]
+__all__ = ["DEFAULT_CAP", "DEFAULT_START", "FREE_SLOT_START", "ConcurrencyTuner", "TunerPhase"]
 
 #: Most connections a tuned transfer opens: 64 connections of ~90 MB/s fill ~45 Gbit/s,
 #: and S3 serves far more per prefix (3,500 PUTs/s) than 64 in-flight parts ask.
 DEFAULT_CAP = 64
-#: Where a tuned transfer starts: today's fixed default, known to be safe everywhere.
+#: Where a tuned transfer whose slots hold a part in memory starts: the memory bound's 4.
 DEFAULT_START = 4
+#: Where a tuned transfer whose slots cost no memory starts (parts read from a file, ranges
+#: written into place): the 10 of boto3's TransferManager and the AWS CLI, and some, so that
+#: the first window already fills a path of ~1 Gbit/s of 80-100 MB/s connections instead
+#: of spending seconds growing to it (a 1 GiB transfer at 100 MB/s lasts ten windows).
+FREE_SLOT_START = 16
 #: Seconds of completed requests per throughput measurement: several round trips and
 #: several parts of 8 MiB at 90 MB/s per connection.
 DEFAULT_WINDOW = 1.0
 #: Relative gain a growth step must bring to count as growth (measurement noise is a few %).
 DEFAULT_GAIN = 0.10
+#: Windows at the start that are not measured: the first requests pay for new connections
+#: and the producer's start, so a first window reads low and the next would look like growth.
+DEFAULT_WARMUP = 1
 #: Factor of one growth step (at least +1).
 DEFAULT_GROWTH = 1.5
 #: Seconds at a held level before probing for more: paths change (other transfers end).
@@ -88,6 +98,7 @@ class ConcurrencyTuner:
         gain: relative throughput gain a growth step must bring (0.10 = 10 %).
         growth: factor of one growth step.
         probe_after: seconds at a held level before growing again.
+        warmup: windows at the start that are not measured.
         clock: monotonic seconds (``time.monotonic``; tests pass a fake).
 
     Raises:
@@ -105,6 +116,7 @@ class ConcurrencyTuner:
         gain: float = DEFAULT_GAIN,
         growth: float = DEFAULT_GROWTH,
         probe_after: float = DEFAULT_PROBE_AFTER,
+        warmup: int = DEFAULT_WARMUP,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if fixed is not None:
@@ -130,6 +142,7 @@ class ConcurrencyTuner:
         self._hold_until = 0.0
         self._last_throttle: float | None = None
         self._throttles = 0
+        self._warmup = warmup
         self._reset_window(clock())
 
     # -- what callers read ---------------------------------------------------------------
@@ -209,7 +222,9 @@ class ConcurrencyTuner:
                 return
             rate, saturated = self._bytes / elapsed, self._waited
             self._reset_window(now)
-            if saturated:
+            if self._warmup > 0:
+                self._warmup -= 1
+            elif saturated:
                 self._measured(rate, now)
 
     def throttled(self) -> None:

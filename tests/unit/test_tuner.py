@@ -41,7 +41,7 @@ def link(limit: int, per_connection: float = 90e6, ceiling: float = 1e9) -> floa
 
 def test_grows_while_throughput_grows_then_holds_at_the_best_level() -> None:
     clock = FakeClock()
-    tuner = ConcurrencyTuner(start=4, cap=64, clock=clock)
+    tuner = ConcurrencyTuner(start=4, cap=64, warmup=0, clock=clock)
     seen = [tuner.limit]
     for _ in range(12):
         window(tuner, clock, link(tuner.limit))
@@ -53,9 +53,24 @@ def test_grows_while_throughput_grows_then_holds_at_the_best_level() -> None:
     assert max(seen) == 21
 
 
+def test_the_first_window_is_not_measured() -> None:
+    clock = FakeClock()
+    tuner = ConcurrencyTuner(start=16, cap=64, clock=clock)
+    # New connections and a producer starting up: the first second reads low...
+    window(tuner, clock, 40e6)
+    assert tuner.limit == 16
+    assert tuner.phase is TunerPhase.GROWING
+    # ...so it is not the mark: the second second at the same level is, and a step follows.
+    window(tuner, clock, 100e6)
+    assert tuner.limit == 24
+    window(tuner, clock, 104e6)  # the step brought nothing: back to the level measured
+    assert tuner.limit == 16
+    assert tuner.phase is TunerPhase.HOLDING
+
+
 def test_flat_returns_stop_growth() -> None:
     clock = FakeClock()
-    tuner = ConcurrencyTuner(start=4, cap=64, clock=clock)
+    tuner = ConcurrencyTuner(start=4, cap=64, warmup=0, clock=clock)
     window(tuner, clock, 100e6)
     assert tuner.limit == 6
     window(tuner, clock, 105e6)  # +5 %: noise, not growth
@@ -65,7 +80,7 @@ def test_flat_returns_stop_growth() -> None:
 
 def test_falling_returns_step_back_to_the_best_level() -> None:
     clock = FakeClock()
-    tuner = ConcurrencyTuner(start=4, cap=64, clock=clock)
+    tuner = ConcurrencyTuner(start=4, cap=64, warmup=0, clock=clock)
     window(tuner, clock, 300e6)
     window(tuner, clock, 400e6)
     assert tuner.limit == 9
@@ -75,7 +90,7 @@ def test_falling_returns_step_back_to_the_best_level() -> None:
 
 def test_never_above_its_cap() -> None:
     clock = FakeClock()
-    tuner = ConcurrencyTuner(start=4, cap=10, clock=clock)
+    tuner = ConcurrencyTuner(start=4, cap=10, warmup=0, clock=clock)
     rate = 1e6
     for _ in range(20):
         rate *= 2  # always better: only the cap stops it
@@ -87,7 +102,7 @@ def test_never_above_its_cap() -> None:
 
 def test_a_window_that_was_not_saturated_does_not_grow() -> None:
     clock = FakeClock()
-    tuner = ConcurrencyTuner(start=4, cap=64, clock=clock)
+    tuner = ConcurrencyTuner(start=4, cap=64, warmup=0, clock=clock)
     tuner.acquire()  # one request in flight of four allowed: the producer is the bottleneck
     clock.now += 1.0
     tuner.record(10**9)
@@ -98,7 +113,7 @@ def test_a_window_that_was_not_saturated_does_not_grow() -> None:
 
 def test_throttling_halves_the_limit_and_holds() -> None:
     clock = FakeClock()
-    tuner = ConcurrencyTuner(start=16, cap=64, clock=clock)
+    tuner = ConcurrencyTuner(start=16, cap=64, warmup=0, clock=clock)
     tuner.throttled()
     assert tuner.limit == 8
     assert tuner.phase is TunerPhase.HOLDING
@@ -117,7 +132,7 @@ def test_throttling_halves_the_limit_and_holds() -> None:
 
 def test_throttling_never_goes_below_the_floor() -> None:
     clock = FakeClock()
-    tuner = ConcurrencyTuner(start=4, cap=64, floor=2, clock=clock)
+    tuner = ConcurrencyTuner(start=4, cap=64, floor=2, warmup=0, clock=clock)
     for _ in range(5):
         clock.now += 2.0
         tuner.throttled()
@@ -126,7 +141,7 @@ def test_throttling_never_goes_below_the_floor() -> None:
 
 def test_probes_again_after_holding() -> None:
     clock = FakeClock()
-    tuner = ConcurrencyTuner(start=4, cap=64, probe_after=10.0, clock=clock)
+    tuner = ConcurrencyTuner(start=4, cap=64, probe_after=10.0, warmup=0, clock=clock)
     window(tuner, clock, 100e6)
     window(tuner, clock, 100e6)  # plateau: hold at 4
     assert (tuner.phase, tuner.limit) == (TunerPhase.HOLDING, 4)
@@ -192,7 +207,7 @@ def test_the_slot_limit_holds_across_real_threads() -> None:
 
 def test_a_lowered_limit_holds_back_new_requests() -> None:
     clock = FakeClock()
-    tuner = ConcurrencyTuner(start=4, cap=8, clock=clock)
+    tuner = ConcurrencyTuner(start=4, cap=8, warmup=0, clock=clock)
     for _ in range(4):
         tuner.acquire()
     tuner.throttled()  # limit 2, four still in flight
