@@ -18,10 +18,11 @@ from torch.export import Dim
 from serializer.pt2.pytree import foreign_types, to_plain
 from serializer.torchscript.save import quiet_torchscript_deprecation
 
-from .allowlist import check_allowed, resolve_builder
+from .allowlist import builder_name, check_allowed, resolve_builder
 from .errors import BuildFailed, DeviceUnavailable, ScriptingFailed, TorchExportFailed
 from .spec import INT_DTYPES, DimSpec, ExportSpec, InputDims, TensorSpec
 from .weights import load_weights as load_weights  # noqa: PLC0414  (re-exported for existing callers)
+from .zoo import SNAPSHOT_USES, SnapshotUse
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_module(spec: ExportSpec, allowed: Sequence[str], device: torch.device) -> torch.nn.Module:
+def snapshot_use(builder: str, allowed: Sequence[str]) -> SnapshotUse | None:
+    """What the allowed ``builder`` takes from a snapshot its spec's weights name (None: nothing).
+
+    Raises:
+        BuilderNotAllowed, BuildFailed: as :func:`worker.allowlist.resolve_builder`.
+    """
+    return SNAPSHOT_USES.get(builder_name(resolve_builder(builder, allowed)))
+
+
+def build_module(
+    spec: ExportSpec, allowed: Sequence[str], device: torch.device, defaults: Mapping[str, Any] | None = None
+) -> torch.nn.Module:
     """Find the allowed builder (:func:`worker.allowlist.resolve_builder`), call it with
-    ``kwargs``, return the module.
+    ``kwargs`` (over ``defaults``: arguments the worker found, such as a snapshot's
+    config), return the module.
 
     Raises:
         BuilderNotAllowed: refused by the allow-list; the builder has not been called.
@@ -100,7 +113,7 @@ def build_module(spec: ExportSpec, allowed: Sequence[str], device: torch.device)
     """
     factory = resolve_builder(spec.builder, allowed)
     try:
-        module = factory(**spec.kwargs)
+        module = factory(**{**(defaults or {}), **spec.kwargs})
     except SoftTimeLimitExceeded:
         raise  # the job's time is up: not the module's fault
     except Exception as exc:

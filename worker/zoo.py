@@ -6,9 +6,14 @@ entry.  The libraries are optional extras (``pip install export-worker[transform
 imported when a builder is called, so that this module imports without them.
 
 Nothing is ever downloaded: every model is built with random weights from its name and
-keyword arguments, or from its config (inline in the spec); arguments that would fetch
-pretrained weights are refused.  Trained weights come from the spec's ``weights``, loaded
-into the built module by the worker, as for any builder.
+keyword arguments, or from its config (inline in the spec, or a snapshot's ``config.json``);
+arguments that would fetch pretrained weights are refused.  Trained weights come from the
+spec's ``weights``, loaded into the built module by the worker, as for any builder.
+
+Where the spec's ``weights`` is a snapshot prefix, a builder with a :class:`SnapshotUse`
+(:data:`SNAPSHOT_USES`) also gets the snapshot's ``config.json`` as its config, and the
+snapshot's config and tokenizer files are carried into the archive as extra files
+(:mod:`worker.export.snapshot`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import importlib
 import inspect
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,6 +39,37 @@ TRANSFORMERS_DEFAULTS: Mapping[str, Any] = {"use_cache": False}
 #: Environment that keeps transformers and huggingface_hub off the network, set before either
 #: is imported by a builder.
 OFFLINE_ENVIRONMENT: Mapping[str, str] = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@dataclass(frozen=True)
+class SnapshotUse:
+    """What a builder takes from the snapshot its spec's ``weights`` name."""
+
+    #: The keyword argument that gets the snapshot's ``config.json`` (unless the spec gives it).
+    config_argument: str
+    #: Files of the snapshot carried into the archive as extra files, where they exist.
+    carried: tuple[str, ...]
+
+
+#: A Hugging Face snapshot's config and tokenizer files: what a consumer needs beside the
+#: weights to feed the model and read its outputs.
+TRANSFORMERS_CARRIED = (
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def _refuse_downloads(library: str, kwargs: Mapping[str, Any]) -> None:
@@ -154,3 +191,9 @@ def _tuple_outputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
     in the config, where transformers 5 models that wrap another (``GPT2LMHeadModel``,
     ``BartModel``) would get a tuple from the inner one and fail."""
     return args, {**kwargs, "return_dict": False}
+
+
+#: Builders that take a config and files from a snapshot, by their spec names.
+SNAPSHOT_USES: Mapping[str, SnapshotUse] = {
+    "worker.zoo:transformers_model": SnapshotUse(config_argument="config", carried=TRANSFORMERS_CARRIED),
+}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,15 +75,21 @@ class Captured:
     entry: CaptureEntry | None
 
 
-def build(spec: ExportSpec, settings: Settings, client: S3Client, device: torch.device) -> Built:
-    """Build the spec's module on ``device``, load its weights, and run it once on the
-    example inputs.
+def build(
+    spec: ExportSpec,
+    settings: Settings,
+    client: S3Client,
+    device: torch.device,
+    defaults: Mapping[str, Any] | None = None,
+) -> Built:
+    """Build the spec's module on ``device`` (the builder called with the spec's ``kwargs``
+    over ``defaults``), load its weights, and run it once on the example inputs.
 
     Raises:
         BuilderNotAllowed, BuildFailed: the builder, its weights, or the eager module on
             the example inputs.
     """
-    module = build_module(spec, settings.allowed_builders, device)
+    module = build_module(spec, settings.allowed_builders, device, defaults)
     if spec.weights:
         load_weights(module, client, spec.weights, settings.spool_dir, read_scopes=settings.read_scopes)
     module = module.to(device).eval()

@@ -37,7 +37,7 @@ def resolve_extra_files(spec: ExportSpec, client: S3Client, limit: int = MAX_EXT
         elif isinstance(source, ExtraBase64):
             out[name] = decode_base64(name, source.base64)
         elif isinstance(source, ExtraURI):
-            out[name] = _fetch_extra(client, name, source.uri, limit)
+            out[name] = fetch_bounded(client, f"extra_files.{name}", source.uri, limit)
         if len(out[name]) > limit:
             raise SpecError(
                 f"extra_files.{name}: {len(out[name])} bytes, over EXPORT_MAX_EXTRA_FILE_BYTES ({limit} bytes)"
@@ -58,18 +58,24 @@ def check_extras_for_format(spec: ExportSpec, extras: dict[str, bytes]) -> None:
             raise SpecError(f"extra_files: {exc}") from exc
 
 
-def _fetch_extra(client: S3Client, name: str, uri: str, limit: int) -> bytes:
+def fetch_bounded(client: S3Client, label: str, uri: str, limit: int) -> bytes:
+    """The object at ``uri``, at most ``limit`` bytes (its size is checked first); ``label``
+    names the spec field in errors.
+
+    Raises:
+        SpecError: the object is over ``limit``, or cannot be read (missing or forbidden:
+            one message).
+    """
     target = parse_s3_uri(uri)
     try:
         head = client.head_object(Bucket=target.bucket, Key=target.key)
         if head["ContentLength"] > limit:
             raise SpecError(
-                f"extra_files.{name}: {uri} holds {head['ContentLength']} bytes, "
-                f"over EXPORT_MAX_EXTRA_FILE_BYTES ({limit} bytes)"
+                f"{label}: {uri} holds {head['ContentLength']} bytes, over EXPORT_MAX_EXTRA_FILE_BYTES ({limit} bytes)"
             )
         return bytes(client.get_object(Bucket=target.bucket, Key=target.key)["Body"].read())
     except ClientError as exc:
         if error_code(exc) in UNREADABLE_CODES:
             # One message for missing and forbidden: which of the two it is is not the submitter's to learn.
-            raise SpecError(f"extra_files.{name}: {uri} cannot be read") from None
+            raise SpecError(f"{label}: {uri} cannot be read") from None
         raise

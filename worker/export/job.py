@@ -42,6 +42,7 @@ from .publish import (
 )
 from .record import record_files
 from .result import result_of
+from .snapshot import carry_into, snapshot_inputs
 from .upload import upload_archive
 from .verify import verify_upload
 
@@ -178,7 +179,9 @@ def _prepare(
     device = resolve_device(spec.device)
     extras = resolve_extra_files(spec, client, settings.max_extra_file_bytes)
     check_extras_for_format(spec, extras)
-    built = build(spec, settings, client, device)
+    snapshot = snapshot_inputs(spec, settings, client)
+    carry_into(extras, snapshot.carried, spec.format)
+    built = build(spec, settings, client, device, snapshot.kwargs)
     captured = capture(spec, built, report, spool_dir=settings.spool_dir)
     extras.update(record_files(spec, producer.model_dump(), built.inputs, built.reference))
     return built, captured, extras
