@@ -18,10 +18,9 @@ from worker.errors import BuildFailed
 from worker.export import run_export
 from worker.settings import Settings
 from worker.spec import parse_spec
+from worker.zoo import transformers_model
 
 pytest.importorskip("transformers")
-
-from worker.zoo import transformers_model  # noqa: E402
 
 pytestmark = [
     pytest.mark.usefixtures("clean_env"),
