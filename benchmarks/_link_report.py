@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,9 +101,16 @@ def targets(rows: list[Row], capacity: dict[str, float], sizes: list[int]) -> li
                 continue
             fastest = _fastest_tool(group, ours_name)
             if fastest is not None:
+                # Every upload row starts with the same torch.jit.save to a path, whose time is
+                # the disk's: the transfer is what the variants do differently.
+                quickest = min(
+                    (r for r in group if r.ok and not r.variant.startswith("ours")), key=lambda r: r.transfer
+                )
                 out.append(
-                    f"- {label}, {ours_name} at least as fast as the fastest tool ({fastest.variant}): "
-                    f"{verdict(ours.wall <= fastest.wall)} ({ours.wall:.2f} s vs {fastest.wall:.2f} s)"
+                    f"- {label}, {ours_name} at least as fast as the fastest tool: over the transfer "
+                    f"{verdict(ours.transfer <= quickest.transfer)} ({ours.transfer:.2f} s vs {quickest.variant} "
+                    f"{quickest.transfer:.2f} s); over the wall {verdict(ours.wall <= fastest.wall)} "
+                    f"({ours.wall:.2f} s vs {fastest.variant} {fastest.wall:.2f} s)"
                 )
             cap = capacity[direction]
             share = ours.link_rate / cap
@@ -116,13 +124,15 @@ def targets(rows: list[Row], capacity: dict[str, float], sizes: list[int]) -> li
                 f"{verdict(ours.peak_growth <= TARGET_RSS_MIB * MiB)} ({ours.peak_growth / MiB:+.0f} MiB)"
             )
         group = [r for r in rows if r.link == "unshaped" and r.size == size and r.direction == "upload"]
-        ours = next((r for r in group if r.variant == "ours" and r.ok), None)
-        base = next((r for r in group if r.variant == "upload_file" and r.ok), None)
-        if ours and base:
-            ratio = ours.wall / base.wall
+        ours_walls = [r.wall for r in group if r.variant == "ours" and r.ok]
+        base_walls = [r.wall for r in group if r.variant == "upload_file" and r.ok]
+        if ours_walls and base_walls:
+            ours_wall, base_wall = statistics.median(ours_walls), statistics.median(base_walls)
+            ratio = ours_wall / base_wall
             out.append(
-                f"- {format_size(size)} unshaped upload, ours at most {TARGET_UNSHAPED_RATIO:.1f}x save + upload_file: "
-                f"{verdict(ratio <= TARGET_UNSHAPED_RATIO)} ({ratio:.2f}x: {ours.wall:.2f} s vs {base.wall:.2f} s)"
+                f"- {format_size(size)} unshaped upload, ours at most {TARGET_UNSHAPED_RATIO:.1f}x save + upload_file "
+                f"(medians of {len(ours_walls)} and {len(base_walls)} runs): {verdict(ratio <= TARGET_UNSHAPED_RATIO)} "
+                f"({ratio:.2f}x: {ours_wall:.2f} s vs {base_wall:.2f} s)"
             )
     return out
 

@@ -191,7 +191,10 @@ def run_size(
     base = {"bucket": BUCKET, "size": size, "max_tensor": args.max_tensor, "checksum_mode": mode, "want_sha": True}
     kept: tuple[str, str, int] | None = None  # ours' object: key, sha256, size (for the downloads)
     reference_sha: str | None = None
-    for link, variants, url in (("shaped", UPLOADS, proxy.url), ("unshaped", UNSHAPED, store_url)):
+    # The unshaped pair runs alternately, several times: the 1.0x target compares medians, as
+    # one run's save to a path alone spreads by more than a second on this disk.
+    unshaped = UNSHAPED * args.unshaped_runs
+    for link, variants, url in (("shaped", UPLOADS, proxy.url), ("unshaped", unshaped, store_url)):
         for variant in variants:
             if variant not in args.variants:
                 continue
@@ -238,6 +241,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--conn-rate", type=parse_rate, default=0.0, help="cap per connection, e.g. 20MB (auto)")
     p.add_argument("--max-tensor", type=size_arg, default=MAX_TENSOR_BYTES, help="largest parameter (256MiB)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per row (900)")
+    p.add_argument("--unshaped-runs", type=int, default=3, help="runs of each unshaped row, alternating (3)")
     p.add_argument("--markdown", metavar="FILE", help="also write the tables and targets as markdown")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
