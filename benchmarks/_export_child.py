@@ -152,7 +152,8 @@ def child_main() -> int:
             endpoint_url=cfg["url"],
             region_name=REGION,
             checksum_mode=mode,
-            max_pool_connections=max(10, cfg["max_in_flight"]),
+            # The tuned default opens up to 64 connections; a fixed count needs at least its own.
+            max_pool_connections=64 if cfg["max_in_flight"] is None else max(10, cfg["max_in_flight"]),
         )
         for client in (plain, ours):  # connect before the clock starts
             client.head_bucket(Bucket=cfg["bucket"])

@@ -34,6 +34,9 @@ from ._export_common import HASH_CHUNK, REGION, plain_client
 
 #: Upload rows: ours (worker defaults, and the old fixed 8 MiB x 4), then the tools.
 UPLOADS = ("ours", "ours-8x4", "upload_file", "s5cmd", "crt")
+#: What our export does beside the upload, done the tools' way: save, upload_file, then the
+#: sha256 a manifest needs, read from the file (unshaped rows only).
+HASHED_TOOL = "upload_file+sha256"
 #: Download rows: ours (load_artifact's download), then the tools.
 DOWNLOADS = ("load_artifact", "download_file", "s5cmd-get", "crt-get")
 VARIANTS = UPLOADS + DOWNLOADS
@@ -195,8 +198,10 @@ def prepare(cfg: dict[str, Any], work: str) -> Callable[[], dict[str, Any]]:
 
     def run_tool() -> dict[str, Any]:
         saved = save()
-        if variant == "upload_file":
+        if variant in ("upload_file", HASHED_TOOL):
             plain.upload_file(path, bucket, key)
+            if variant == HASHED_TOOL:
+                return {"size": os.path.getsize(path), "save": saved, "sha256": file_sha256(path), "note": None}
         elif variant == "s5cmd":
             s5cmd(cfg, "cp", path, f"s3://{bucket}/{key}")
         else:

@@ -134,6 +134,14 @@ def targets(rows: list[Row], capacity: dict[str, float], sizes: list[int]) -> li
                 f"(medians of {len(ours_walls)} and {len(base_walls)} runs): {verdict(ratio <= TARGET_UNSHAPED_RATIO)} "
                 f"({ratio:.2f}x: {ours_wall:.2f} s vs {base_wall:.2f} s)"
             )
+        hashed_walls = [r.wall for r in group if r.variant == "upload_file+sha256" and r.ok]
+        if ours_walls and hashed_walls:
+            hashed = statistics.median(hashed_walls)
+            out.append(
+                f"- {format_size(size)} unshaped upload, for comparison: ours against save + upload_file + the "
+                f"file's sha256 (what a manifest needs): {statistics.median(ours_walls) / hashed:.2f}x "
+                f"({statistics.median(ours_walls):.2f} s vs {hashed:.2f} s)"
+            )
     return out
 
 
