@@ -14,7 +14,7 @@ from serializer.consumer.extras import read_extra_file
 from serializer.manifest.store import read_manifest
 from serializer.torchscript.load import load_artifact
 from tests.safetensors_checkpoints import sharded
-from worker.errors import BuildFailed
+from worker.errors import BuildFailed, SpecError
 from worker.export import run_export
 from worker.settings import Settings
 from worker.spec import parse_spec
@@ -143,3 +143,13 @@ def test_a_snapshot_config_that_is_not_a_json_object_fails_cleanly(
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="exports/").get("KeyCount", 0)
     assert listed == 0
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_snapshot_file_over_the_extra_file_limit_is_refused_before_it_is_read(
+    s3: Any, bucket: str, snapshot: dict[str, bytes]
+) -> None:
+    s3.put_object(Bucket=bucket, Key="hub/bert/tokenizer.json", Body=b"{" + b" " * 20_000 + b"}")
+    settings = Settings(allowed_builders=SETTINGS.allowed_builders, max_extra_file_bytes=10_000)
+    with pytest.raises(SpecError, match=r"tokenizer\.json.* 20002 bytes, over EXPORT_MAX_EXTRA_FILE_BYTES"):
+        run_export(spec_of(bucket, "torchscript"), settings=settings, client=s3)
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="exports/").get("KeyCount", 0) == 0
