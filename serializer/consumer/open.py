@@ -10,11 +10,11 @@ import torch
 
 from ..errors import ArchiveError
 from ..manifest.model import Manifest
-from ..pt2.load import load_pt2_artifact
+from ..pt2.load import load_pt2_downloaded
 from ..s3.client import S3Client
 from ..signing.keys import TrustedKeys
 from ..signing.store import read_trusted_manifest, resolve_trusted
-from ..torchscript.load import load_artifact
+from ..torchscript.load import load_downloaded
 from .compat import check_compatibility, local_reader
 
 
@@ -74,7 +74,9 @@ def open_artifact(
                 f"map_location {map_location!r}: a .pt2 loads on the device it was exported on "
                 f"({manifest.producer.device}); torch.export.load cannot move it"
             )
-        program, stored = load_pt2_artifact(
+        # The manifest's signature is checked (or none is asked for): the digests are the
+        # ones to hold the download to, and the loader checks no signature again.
+        program, stored = load_pt2_downloaded(
             client,
             manifest.artifact.uri,
             sha256=manifest.artifact.sha256,
@@ -82,7 +84,7 @@ def open_artifact(
             spool_dir=spool_dir,
         )
         return program, manifest, {name: stored.get(name, b"") for name in extra_names}
-    module, extras = load_artifact(
+    module, extras = load_downloaded(
         client,
         manifest.artifact.uri,
         map_location=map_location,

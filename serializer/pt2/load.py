@@ -91,6 +91,20 @@ def load_pt2_artifact(
         ArchiveError: digest mismatch, or torch could not load it.
     """
     sha256, size = signed_digest(client, uri, sha256, size, resolve_trusted(trusted_keys))
+    return load_pt2_downloaded(client, uri, sha256=sha256, size=size, spool_dir=spool_dir)
+
+
+def load_pt2_downloaded(
+    client: S3Client, uri: str, *, sha256: str | None, size: int | None, spool_dir: str | None = None
+) -> tuple[torch.export.ExportedProgram, dict[str, bytes]]:
+    """:func:`load_pt2_artifact` after its signature check: download (checked against
+    ``size`` and ``sha256``), then the archive checks and ``torch.export.load``.  For a
+    caller that has already checked the signed manifest these digests come from
+    (``open_artifact``).
+
+    Raises:
+        ArchiveError: digest mismatch, or torch could not load it.
+    """
     with tempfile.TemporaryDirectory(prefix="export-worker-load-", dir=spool_dir) as tmp:
         path = os.path.join(tmp, ARCHIVE_FILE)
         download_checked(client, uri, path, sha256=sha256, size=size)

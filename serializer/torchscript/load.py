@@ -74,6 +74,28 @@ def load_artifact(
             f"{uri} is a .pt2 archive, not TorchScript: load it with open_artifact or serializer.load_pt2_artifact"
         )
     sha256, size = signed_digest(client, uri, sha256, size, resolve_trusted(trusted_keys))
+    return load_downloaded(
+        client, uri, sha256=sha256, size=size, map_location=map_location, extra_names=extra_names, spool_dir=spool_dir
+    )
+
+
+def load_downloaded(
+    client: S3Client,
+    uri: str,
+    *,
+    sha256: str | None,
+    size: int | None,
+    map_location: str | torch.device | None = "cpu",
+    extra_names: Iterable[str] = (),
+    spool_dir: str | None = None,
+) -> tuple[torch.jit.ScriptModule, dict[str, bytes]]:
+    """:func:`load_artifact` after its signature check: download (checked against ``size``
+    and ``sha256``), then the archive checks and ``torch.jit.load``.  For a caller that has
+    already checked the signed manifest these digests come from (``open_artifact``).
+
+    Raises:
+        ArchiveError: digest mismatch, or torch could not load it.
+    """
     with tempfile.TemporaryDirectory(prefix="export-worker-load-", dir=spool_dir) as tmp:
         path = os.path.join(tmp, ARCHIVE_FILE)
         download_checked(client, uri, path, sha256=sha256, size=size)

@@ -252,6 +252,25 @@ def test_trusted_keys_come_from_the_environment(
         load_artifact(s3, unsigned["artifact_uri"])
 
 
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+def test_keys_given_to_open_artifact_win_over_the_environment_and_are_checked_once(
+    s3: Any, bucket: str, keys: dict[str, KeyPair], monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    result = signed_export(s3, bucket, keys["worker"], name=f"once-{fmt}", format=fmt)
+    # The environment trusts another key: the caller's keys are the ones that count.
+    monkeypatch.setenv("EXPORT_TRUSTED_KEYS", str(keys["stranger"].public))
+    signature_gets: list[str] = []
+    s3.meta.events.register(
+        "before-parameter-build.s3.GetObject",
+        lambda params, **_: signature_gets.append(params["Key"]) if params["Key"].endswith(SIGNATURE_NAME) else None,
+    )
+    open_artifact(s3, result["artifact_uri"], trusted_keys=trust(keys["worker"]))
+    assert len(signature_gets) == 1, signature_gets
+    with pytest.raises(SignatureError) as info:
+        open_artifact(s3, result["artifact_uri"])  # the environment's keys
+    assert info.value.kind == "foreign"
+
+
 def test_an_extra_file_is_read_through_a_signed_manifest(s3: Any, bucket: str, keys: dict[str, KeyPair]) -> None:
     result = signed_export(s3, bucket, keys["worker"], extra_files={"labels.txt": "cat\ndog\n"})
     manifest = read_manifest_checked(s3, result["artifact_uri"], trusted_keys=trust(keys["worker"]))
