@@ -41,9 +41,11 @@ CHUNK_SIZE = 1 * MiB
 MIN_RANGE_SIZE = 8 * MiB
 #: Largest range: a retried range costs at most this much again.
 MAX_RANGE_SIZE = 64 * MiB
-#: Ranges an object is cut into where the bounds allow: enough for a tuner to grow the
-#: width and see what each step gives.
-RANGES_PER_OBJECT = 64
+#: Ranges an object is cut into where the bounds allow: about 4 per connection of the
+#: tuner's cap (as parts are, ``serializer.s3.parts``), so the tuner has ranges to measure
+#: with and the last ones are short: a range's time is what the tail of a download can
+#: waste when connections idle while the last ranges finish.
+RANGES_PER_OBJECT = 256
 #: Seconds between two progress reports while no range finishes.
 PROGRESS_INTERVAL = 0.1
 #: Tries of one range (each resumes where the last stopped) on transient errors, on top of

@@ -82,7 +82,13 @@ def spec_of(start: int, end: int) -> str:
 
 @pytest.mark.parametrize(
     ("size", "expected"),
-    [(0, MIN_RANGE_SIZE), (5 * MiB, MIN_RANGE_SIZE), (1024 * MiB, 16 * MiB), (64 * 1024 * MiB, MAX_RANGE_SIZE)],
+    [
+        (0, MIN_RANGE_SIZE),
+        (5 * MiB, MIN_RANGE_SIZE),
+        (1024 * MiB, MIN_RANGE_SIZE),
+        (4096 * MiB, 16 * MiB),
+        (64 * 1024 * MiB, MAX_RANGE_SIZE),
+    ],
 )
 def test_ranges_follow_the_object_size_within_bounds(size: int, expected: int) -> None:
     assert range_size_for(size) == expected
