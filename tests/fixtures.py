@@ -283,3 +283,16 @@ def pt2_spec_data(**changes: Any) -> dict[str, Any]:
         **changes,
     }
     return {k: v for k, v in data.items() if v is not ...}
+
+
+#: A BERT far smaller than the default one (random weights build in milliseconds): a build
+#: from the class's default config would not fit weights saved from it.
+TINY_BERT = {
+    "model_type": "bert",
+    "vocab_size": 64,
+    "hidden_size": 16,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "max_position_embeddings": 32,
+}

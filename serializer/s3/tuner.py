@@ -8,11 +8,11 @@ NIC does.  The right number depends on the path, so it is measured, not configur
 
 1. Start at ``start`` slots (:data:`FREE_SLOT_START`, 16, where a slot costs no memory;
    :data:`DEFAULT_START`, 4, where it holds a part).  The first ``warmup`` window (1) is
-   not measured: it pays for new connections and the producer's start.  Every completed request reports its bytes with
-   :meth:`ConcurrencyTuner.record`.  Throughput is measured per *window* of ``window``
-   seconds; a window only counts when the slots were saturated in it (some request waited
-   for a slot, or every slot was taken), so a producer slower than the link never makes
-   the tuner grow.
+   not measured: it pays for new connections and the producer's start.  Every completed
+   request reports its bytes with :meth:`ConcurrencyTuner.record`.  Throughput is
+   measured per *window* of ``window`` seconds; a window only counts when the slots were
+   saturated in it (some request waited for a slot, or every slot was taken), so a
+   producer slower than the link never makes the tuner grow.
 2. **Growing**: when a saturated window's throughput beats the best seen by more than
    ``gain`` (10 %), that level is the new best and the limit grows by ``growth`` (x1.5,
    at least +1), up to ``cap``.  Flat or falling returns step back to the best level and

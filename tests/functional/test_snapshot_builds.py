@@ -13,6 +13,7 @@ import torch
 from serializer.consumer.extras import read_extra_file
 from serializer.manifest.store import read_manifest
 from serializer.torchscript.load import load_artifact
+from tests.fixtures import TINY_BERT
 from tests.safetensors_checkpoints import sharded
 from worker.errors import BuildFailed, SpecError
 from worker.export import run_export
@@ -31,16 +32,7 @@ pytestmark = [
 ]
 
 SETTINGS = Settings(allowed_builders=("worker.zoo:transformers_model",))
-#: A BERT far smaller than the default one: a build from the class's default config would
-#: not fit these weights.
-TINY = {
-    "model_type": "bert",
-    "vocab_size": 64,
-    "hidden_size": 16,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-}
+TINY = TINY_BERT
 IDS = {"shape": [2, 6], "dtype": "int64", "low": 0, "high": 64}
 VOCAB = b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n" + b"".join(b"w%d\n" % i for i in range(60))
 TOKENIZER_CONFIG = b'{"do_lower_case": true, "model_max_length": 512}'

@@ -10,19 +10,10 @@ import importlib.util
 import pytest
 import torch
 
+from tests.fixtures import TINY_BERT
 from worker.allowlist import resolve_builder
 from worker.errors import BuilderNotAllowed
 from worker.zoo import timm_model, torchvision_model, transformers_model
-
-TINY_BERT = {
-    "model_type": "bert",
-    "vocab_size": 64,
-    "hidden_size": 16,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-    "max_position_embeddings": 32,
-}
 
 
 def _importable(name: str) -> str | None:

@@ -2,8 +2,8 @@
 files carried into the archive.
 
 A spec whose ``weights`` is a snapshot prefix (``s3://bucket/models/bert/``) and whose
-builder has a snapshot use (:class:`worker.zoo.SnapshotUse`; the transformers builder has one) gets, from
-that prefix, what the team copied there from the hub:
+builder has a snapshot use (:class:`worker.zoo.SnapshotUse`; the transformers builder has
+one) gets, from that prefix, what the team copied there from the hub:
 
 - the snapshot's ``config.json``, parsed, as the builder's config argument, unless the
   spec's ``kwargs`` give one (the spec's word wins);
@@ -65,16 +65,15 @@ def snapshot_inputs(spec: ExportSpec, settings: Settings, client: S3Client) -> S
     if use is None:
         return SnapshotInputs()
     files = snapshot_files(client, spec.weights, read_scopes=settings.read_scopes)
-    limit = settings.max_extra_file_bytes
-    kwargs: dict[str, Any] = {}
-    if use.config_argument not in spec.kwargs and CONFIG_FILE in files:
-        kwargs[use.config_argument] = _config(client, files[CONFIG_FILE], settings, limit)
-    carried = {}
-    for name in use.carried:
-        if name in files and name not in spec.extra_files:
-            check_read(settings.read_scopes, files[name], "weights")
-            carried[name] = fetch_bounded(client, f"weights ({name})", files[name], limit)
-    return SnapshotInputs(kwargs, carried)
+    wants_config = use.config_argument not in spec.kwargs and CONFIG_FILE in files
+    carried_names = [n for n in use.carried if n in files and n not in spec.extra_files]
+    # Each file once, though the config may be both parsed and carried.
+    fetched: dict[str, bytes] = {}
+    for name in dict.fromkeys([*([CONFIG_FILE] if wants_config else []), *carried_names]):
+        check_read(settings.read_scopes, files[name], "weights")
+        fetched[name] = fetch_bounded(client, f"weights ({name})", files[name], settings.max_extra_file_bytes)
+    kwargs = {use.config_argument: _config(fetched[CONFIG_FILE], files[CONFIG_FILE])} if wants_config else {}
+    return SnapshotInputs(kwargs, {name: fetched[name] for name in carried_names})
 
 
 def carry_into(extras: dict[str, bytes], carried: Mapping[str, bytes], fmt: str) -> list[str]:
@@ -93,9 +92,7 @@ def carry_into(extras: dict[str, bytes], carried: Mapping[str, bytes], fmt: str)
     return left_out
 
 
-def _config(client: S3Client, uri: str, settings: Settings, limit: int) -> dict[str, Any]:
-    check_read(settings.read_scopes, uri, "weights")
-    raw = fetch_bounded(client, f"weights ({CONFIG_FILE})", uri, limit)
+def _config(raw: bytes, uri: str) -> dict[str, Any]:
     try:
         config = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
